@@ -1,0 +1,3 @@
+from edgeclin.cli import main
+
+main()

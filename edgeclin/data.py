@@ -1,0 +1,255 @@
+"""One loader for every dataset edgeclin reads.
+
+A dataset is three splits (train/valid/test), each a CSV or JSONL file. Rows become
+`Example`s holding a text, an optional text pair and a label, so that sentence-pair
+and (later) token-level tasks fit the same structures.
+
+Files are decoded with ``surrogateescape`` so that a single bad byte does not stop the
+read: the row that holds it is reported (file, line, column) or, with
+``skip_bad_rows``, dropped and counted.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edgeclin.errors import EdgeclinError
+
+SPLITS = ("train", "valid", "test")
+SUFFIXES = (".csv", ".jsonl")
+DEMO_DATA = "demo"
+
+
+@dataclass(frozen=True)
+class Example:
+    text: str
+    label: str
+    text_pair: str | None = None
+
+
+@dataclass
+class Split:
+    name: str
+    source: str  # where the rows came from, for messages and the run record
+    examples: list[Example]
+    skipped_rows: int = 0
+
+
+@dataclass
+class Columns:
+    text: str = "text"
+    label: str = "label"
+    text_pair: str | None = None
+
+
+@dataclass
+class Dataset:
+    splits: dict[str, Split]
+    labels: list[str] = field(default_factory=list)  # index = class id
+
+    @property
+    def label2id(self) -> dict[str, int]:
+        return {label: i for i, label in enumerate(self.labels)}
+
+    def describe(self) -> dict:
+        return {
+            name: {
+                "source": split.source,
+                "rows": len(split.examples),
+                "skipped_rows": split.skipped_rows,
+                "label_counts": dict(sorted(Counter(e.label for e in split.examples).items())),
+            }
+            for name, split in self.splits.items()
+        }
+
+
+def find_split_files(folder: Path) -> dict[str, Path]:
+    """Map each split name to its file in ``folder`` (``train.csv`` or ``train.jsonl`` ...)."""
+    if not folder.exists():
+        raise EdgeclinError(f"data folder not found: {folder}")
+    if not folder.is_dir():
+        raise EdgeclinError(f"--data must be a folder holding train/valid/test files: {folder}")
+    files = {}
+    for split in SPLITS:
+        candidates = [folder / f"{split}{suffix}" for suffix in SUFFIXES]
+        present = [p for p in candidates if p.exists()]
+        if not present:
+            names = " or ".join(p.name for p in candidates)
+            raise EdgeclinError(f"{folder}: missing {split} split (expected {names})")
+        if len(present) > 1:
+            raise EdgeclinError(f"{folder}: both {present[0].name} and {present[1].name}; keep one")
+        files[split] = present[0]
+    return files
+
+
+def _has_bad_bytes(value: str) -> bool:
+    # surrogateescape maps each undecodable byte to a lone surrogate U+DC80..U+DCFF
+    return any("\udc80" <= ch <= "\udcff" for ch in value)
+
+
+def _read_records(path: Path) -> tuple[list[str], list[tuple[int, dict]]]:
+    """Return (column names, [(line number, record)]) for a CSV or JSONL file."""
+    if not path.exists():
+        raise EdgeclinError(f"data file not found: {path}")
+    if path.suffix not in SUFFIXES:
+        raise EdgeclinError(f"{path}: unsupported file type {path.suffix!r} (use .csv or .jsonl)")
+    text = path.read_bytes().decode("utf-8", errors="surrogateescape")
+    if text.startswith("\ufeff"):  # Excel writes a byte-order mark
+        text = text[1:]
+    if path.suffix == ".csv":
+        reader = csv.DictReader(text.splitlines(keepends=True))
+        columns = list(reader.fieldnames or [])
+        if not columns:
+            raise EdgeclinError(f"{path}: empty file (no header row)")
+        rows = []
+        try:
+            for record in reader:
+                # line_num is the line where the record ended; records may span lines
+                rows.append((reader.line_num, record))
+        except csv.Error as exc:
+            raise EdgeclinError(f"{path}, line {reader.line_num}: malformed CSV ({exc})") from None
+        return columns, rows
+    rows, columns = [], []
+    for line_no, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise EdgeclinError(
+                f"{path}, line {line_no}, column {exc.colno}: invalid JSON ({exc.msg})"
+            ) from None
+        if not isinstance(record, dict):
+            raise EdgeclinError(f"{path}, line {line_no}: expected a JSON object per line")
+        for key in record:
+            if key not in columns:
+                columns.append(key)
+        rows.append((line_no, record))
+    if not rows:
+        raise EdgeclinError(f"{path}: empty file (no rows)")
+    return columns, rows
+
+
+def read_split(path: Path, name: str, columns: Columns, skip_bad_rows: bool = False) -> Split:
+    """Read one split file into Examples, checking every row."""
+    path = Path(path)
+    present, records = _read_records(path)
+    wanted = [c for c in (columns.text, columns.label, columns.text_pair) if c]
+    for column in wanted:
+        if column not in present:
+            raise EdgeclinError(
+                f"{path}: no column {column!r} (columns present: {', '.join(present) or 'none'})"
+            )
+    examples, skipped = [], 0
+    for line_no, record in records:
+        problem = None
+        values = {}
+        for column in wanted:
+            value = record.get(column)
+            value = "" if value is None else str(value)
+            if not value.strip():
+                problem = f"empty value in column {column!r}"
+            elif _has_bad_bytes(value):
+                problem = f"text in column {column!r} is not valid UTF-8"
+            if problem:
+                break
+            values[column] = value.strip() if column == columns.label else value
+        if problem:
+            if skip_bad_rows:
+                skipped += 1
+                continue
+            raise EdgeclinError(f"{path}, line {line_no}: {problem} (--skip-bad-rows drops such rows)")
+        examples.append(
+            Example(
+                text=values[columns.text],
+                label=values[columns.label],
+                text_pair=values.get(columns.text_pair) if columns.text_pair else None,
+            )
+        )
+    if not examples:
+        raise EdgeclinError(f"{path}: no usable rows")
+    return Split(name=name, source=str(path), examples=examples, skipped_rows=skipped)
+
+
+def subsample(examples: list[Example], limit: int | None, seed: int) -> list[Example]:
+    """A deterministic subsample: the same ``limit`` and ``seed`` always pick the same rows.
+
+    Rows are ranked by a hash of (seed, position, text), so the choice does not depend on
+    Python's hash randomisation and keeps the file's order among the chosen rows.
+    """
+    if limit is None or limit >= len(examples):
+        return examples
+
+    def rank(item: tuple[int, Example]) -> str:
+        index, example = item
+        return hashlib.sha256(f"{seed}\0{index}\0{example.text}".encode("utf-8", "surrogateescape")).hexdigest()
+
+    chosen = sorted(sorted(enumerate(examples), key=rank)[:limit], key=lambda item: item[0])
+    return [example for _, example in chosen]
+
+
+def check_labels(dataset: Dataset) -> None:
+    """Fail on label sets that cannot train or evaluate a classifier."""
+    train = dataset.splits["train"]
+    seen = sorted({e.label for e in train.examples})
+    if len(seen) < 2:
+        raise EdgeclinError(
+            f"{train.source}: only one class ({seen[0]!r}) in the training data; "
+            "a classifier needs at least two"
+        )
+    known = set(seen)
+    for name in ("valid", "test"):
+        split = dataset.splits[name]
+        unseen = sorted({e.label for e in split.examples} - known)
+        if unseen:
+            shown = ", ".join(repr(u) for u in unseen[:5])
+            raise EdgeclinError(
+                f"{split.source}: label(s) {shown} never occur in the training data {train.source}"
+            )
+    dataset.labels = seen
+
+
+def load_dataset(
+    data: str | Path | None = None,
+    *,
+    train: str | Path | None = None,
+    valid: str | Path | None = None,
+    test: str | Path | None = None,
+    columns: Columns | None = None,
+    skip_bad_rows: bool = False,
+    limit: int | None = None,
+    seed: int = 42,
+) -> Dataset:
+    """Load train/valid/test from a folder, explicit files, or the built-in demo data.
+
+    ``data`` may be a folder, or ``"demo"`` (also the default when nothing is given) for
+    edgeclin's generated synthetic notes. Explicit ``train``/``valid``/``test`` paths
+    override the folder's files one by one.
+    """
+    columns = columns or Columns()
+    explicit = {"train": train, "valid": valid, "test": test}
+    if data is None and not any(explicit.values()):
+        data = DEMO_DATA
+    if str(data) == DEMO_DATA:
+        from edgeclin.demo_data import generate_demo_dataset
+
+        splits = generate_demo_dataset(seed=0)
+    else:
+        files = find_split_files(Path(data)) if data is not None else {}
+        for name, path in explicit.items():
+            if path is not None:
+                files[name] = Path(path)
+        missing = [s for s in SPLITS if s not in files]
+        if missing:
+            raise EdgeclinError(f"no {'/'.join(missing)} file given (use --data DIR or --{missing[0]} FILE)")
+        splits = {name: read_split(files[name], name, columns, skip_bad_rows) for name in SPLITS}
+    for split in splits.values():
+        split.examples = subsample(split.examples, limit, seed)
+    dataset = Dataset(splits=splits)
+    check_labels(dataset)
+    return dataset

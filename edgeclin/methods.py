@@ -1,0 +1,126 @@
+"""Fine-tuning methods: each is a named way to turn a loaded model into a trainable one.
+
+A method decides which parameters train and how its result is saved. New methods
+(IA3, prefix tuning, ...) are added by registering another ``Method``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from edgeclin.errors import EdgeclinError
+
+
+@dataclass(frozen=True)
+class ArchitectureModules:
+    """Where LoRA goes in one architecture (module-name suffixes, as peft matches them)."""
+
+    attention: tuple[str, ...]  # query/key/value projections
+    attention_output: tuple[str, ...]
+    feed_forward: tuple[str, ...]
+    # pretrained dense layers between the encoder and the classifier (BERT's pooler): trained
+    # with LoRA too, because a frozen pooler that was never trained for the task caps accuracy
+    head_lora: tuple[str, ...] = ()
+    # layers that the classification head adds with fresh weights, besides peft's own
+    # "classifier"/"score": trained in full and saved with the adapter
+    head_new: tuple[str, ...] = ()
+
+
+ARCHITECTURES: dict[str, ArchitectureModules] = {
+    "bert": ArchitectureModules(("query", "key", "value"), ("attention.output.dense",),
+                                ("intermediate.dense", "output.dense"), head_lora=("pooler.dense",)),
+    "roberta": ArchitectureModules(("query", "key", "value"), ("attention.output.dense",),
+                                   ("intermediate.dense", "output.dense")),
+    "distilbert": ArchitectureModules(("q_lin", "k_lin", "v_lin"), ("out_lin",), ("lin1", "lin2"),
+                                      head_new=("pre_classifier",)),
+    "mpnet": ArchitectureModules(("q", "k", "v"), ("o",), ("intermediate.dense", "output.dense")),
+    # MobileBERT's bottleneck and stacked FFN layers are all called "dense"
+    "mobilebert": ArchitectureModules(("query", "key", "value"), ("attention.output.dense",), ("dense",),
+                                      head_lora=("pooler.dense",)),
+}
+
+TARGET_PRESETS = ("qv", "qkv", "attention", "all-linear")
+
+
+def lora_target_modules(model_type: str, targets: str) -> list[str]:
+    """Resolve ``--target-modules`` (a preset or a comma list) for one architecture.
+
+    Presets: ``qv`` (query, value), ``qkv``, ``attention`` (q, k, v and the attention
+    output), ``all-linear`` (attention and feed-forward). Presets also put LoRA on the
+    pretrained pooler where the architecture classifies through one. A comma list is
+    used exactly as given.
+    """
+    if targets not in TARGET_PRESETS:
+        names = [t.strip() for t in targets.split(",") if t.strip()]
+        if not names:
+            raise EdgeclinError("--target-modules is empty")
+        return names
+    arch = ARCHITECTURES.get(model_type)
+    if arch is None:
+        raise EdgeclinError(
+            f"no LoRA target preset for model type {model_type!r} (known: {', '.join(sorted(ARCHITECTURES))}); "
+            "pass --target-modules as a comma list of module names"
+        )
+    if targets == "qv":
+        chosen = (arch.attention[0], arch.attention[2])
+    elif targets == "qkv":
+        chosen = arch.attention
+    elif targets == "attention":
+        chosen = arch.attention + arch.attention_output
+    else:
+        chosen = arch.attention + arch.attention_output + arch.feed_forward
+    return list(dict.fromkeys(chosen + arch.head_lora))
+
+
+def head_modules_to_save(model_type: str) -> list[str] | None:
+    """Fresh head layers to train in full; peft itself adds "classifier" and "score"."""
+    arch = ARCHITECTURES.get(model_type)
+    return list(arch.head_new) if arch and arch.head_new else None
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    default_lr: float
+    mergeable: bool  # can the result be folded into plain model weights?
+    saves_adapter: bool
+    prepare: Callable  # (model, TrainConfig) -> trainable model
+
+
+def _prepare_full(model, config):
+    for parameter in model.parameters():
+        parameter.requires_grad = True
+    return model
+
+
+def _prepare_lora(model, config):
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    model_type = model.config.model_type
+    lora_config = LoraConfig(
+        task_type=TaskType.SEQ_CLS,
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=lora_target_modules(model_type, config.target_modules),
+        modules_to_save=head_modules_to_save(model_type),
+    )
+    try:
+        return get_peft_model(model, lora_config)
+    except ValueError as exc:
+        raise EdgeclinError(f"LoRA could not be applied: {exc}") from None
+
+
+# Default learning rates come from benchmarks/search_defaults.py (see README, "Defaults").
+METHODS: dict[str, Method] = {
+    "full": Method("full", default_lr=1e-4, mergeable=True, saves_adapter=False, prepare=_prepare_full),
+    "lora": Method("lora", default_lr=2e-3, mergeable=True, saves_adapter=True, prepare=_prepare_lora),
+}
+
+
+def get_method(name: str) -> Method:
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise EdgeclinError(f"unknown method {name!r} (choose from {', '.join(METHODS)})") from None

@@ -1,0 +1,428 @@
+"""``edgeclin train``: fine-tune an encoder for sequence classification (LoRA or full).
+
+The loop is plain PyTorch driven by ``accelerate``, so the same code runs on a CPU, one
+GPU, or several GPUs under ``accelerate launch`` (data parallel) without changes.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edgeclin import runs
+from edgeclin.data import Columns, load_dataset
+from edgeclin.encoding import TRUNCATION_STRATEGIES, EncodedSplit, encode_examples, pad_batch
+from edgeclin.errors import EdgeclinError
+from edgeclin.hardware import environment, peak_rss_mb, resolve_device, resolve_precision
+from edgeclin.methods import get_method
+from edgeclin.metrics import classification_metrics
+from edgeclin.models import DEFAULT_MODEL, load_classifier, load_tokenizer, resolve_model
+
+SELECTION_METRIC = "macro_f1"  # picks the best epoch and drives early stopping
+
+
+@dataclass
+class TrainConfig:
+    """Every option of a training run; saved in the run record."""
+
+    model: str = DEFAULT_MODEL
+    data: str | None = None  # folder, or None/"demo" for the built-in synthetic notes
+    train_file: str | None = None
+    valid_file: str | None = None
+    test_file: str | None = None
+    text_col: str = "text"
+    label_col: str = "label"
+    text_pair_col: str | None = None
+    skip_bad_rows: bool = False
+    limit: int | None = None
+    method: str = "lora"
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.1
+    target_modules: str = "attention"
+    epochs: int = 4
+    max_steps: int | None = None
+    lr: float | None = None  # None: the method's default
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    schedule: str = "linear"
+    batch_size: int = 16
+    grad_accum: int = 1
+    max_length: int = 256
+    truncation: str = "head"
+    seed: int = 42
+    device: str = "auto"
+    precision: str = "auto"
+    early_stopping_patience: int | None = None
+    output: str | None = None
+    overwrite: bool = False
+    progress: bool = True
+
+    def check(self) -> None:
+        get_method(self.method)
+        if self.truncation not in TRUNCATION_STRATEGIES:
+            raise EdgeclinError(f"--truncation must be one of {', '.join(TRUNCATION_STRATEGIES)}")
+        for name in ("epochs", "batch_size", "grad_accum", "lora_r"):
+            if getattr(self, name) < 1:
+                raise EdgeclinError(f"--{name.replace('_', '-')} must be at least 1")
+        if self.max_length < 8:
+            raise EdgeclinError("--max-length must be at least 8")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise EdgeclinError("--max-steps must be at least 1")
+        if self.limit is not None and self.limit < 1:
+            raise EdgeclinError("--limit must be at least 1")
+
+
+@dataclass
+class TrainResult:
+    output: Path
+    metrics: dict = field(default_factory=dict)
+
+
+def _set_seed(seed: int) -> None:
+    from transformers import set_seed
+
+    set_seed(seed)
+
+
+def _count_parameters(model) -> tuple[int, int]:
+    if hasattr(model, "get_nb_trainable_parameters"):
+        return model.get_nb_trainable_parameters()
+    total = sum(p.numel() for p in model.parameters())
+    return sum(p.numel() for p in model.parameters() if p.requires_grad), total
+
+
+def _batches(split: EncodedSplit, batch_size: int, shuffle_seed: int | None) -> list[list[int]]:
+    order = np.arange(len(split))
+    if shuffle_seed is not None:
+        order = np.random.default_rng(shuffle_seed).permutation(len(split))
+    else:  # evaluation: length-sorted batches waste less on padding
+        order = np.argsort(split.lengths, kind="stable")
+    return [order[i:i + batch_size].tolist() for i in range(0, len(order), batch_size)]
+
+
+def _loader(split: EncodedSplit, batch_size: int, pad_id: int, shuffle_seed: int | None):
+    from torch.utils.data import DataLoader
+
+    batches = _batches(split, batch_size, shuffle_seed)
+    # each "item" is a list of indices: the batch is formed before the loader sees it
+    return DataLoader(batches, batch_size=None, collate_fn=lambda idx: pad_batch(split, idx, pad_id))
+
+
+def evaluate(model, loader, accelerator, progress: bool, desc: str) -> tuple[dict, np.ndarray, np.ndarray]:
+    import torch
+    from tqdm.auto import tqdm
+
+    model.eval()
+    all_probs, all_labels = [], []
+    with torch.no_grad():
+        for batch in tqdm(loader, desc=desc, leave=False, disable=not progress, file=sys.stderr):
+            labels = batch.pop("labels")
+            with accelerator.autocast():
+                logits = model(**batch).logits
+            probs = torch.softmax(logits.float(), dim=-1)
+            probs, labels = accelerator.gather_for_metrics((probs, labels))
+            all_probs.append(probs.cpu().numpy())
+            all_labels.append(labels.cpu().numpy())
+    probs, labels = np.concatenate(all_probs), np.concatenate(all_labels)
+    return classification_metrics(labels, probs), labels, probs
+
+
+def _save_model_folder(folder: Path, model, tokenizer, labels: list[str]) -> None:
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    runs.write_json(folder / runs.LABELS, {"labels": labels})
+
+
+def _load_trainable_state(model, folder: Path) -> None:
+    """Load the weights a method trains (adapter or whole model) from a saved folder."""
+    from safetensors.torch import load_file
+
+    if hasattr(model, "peft_config"):
+        from peft.utils import set_peft_model_state_dict
+
+        set_peft_model_state_dict(model, load_file(str(folder / "adapter_model.safetensors")))
+    else:
+        missing, unexpected = model.load_state_dict(load_file(str(folder / "model.safetensors")), strict=False)
+        if unexpected:
+            raise EdgeclinError(f"{folder}: weights do not match the model ({unexpected[:3]} ...)")
+
+
+def _save_optimizer(path: Path, optimizer) -> None:
+    """Optimizer state as safetensors + JSON (no pickle)."""
+    from safetensors.torch import save_file
+
+    state = optimizer.state_dict()
+    tensors = {f"{pid}.{key}": value.contiguous() for pid, entry in state["state"].items()
+               for key, value in entry.items()}
+    save_file(tensors, str(path / "optimizer.safetensors"))
+    runs.write_json(path / "optimizer.json", {"param_groups": state["param_groups"]})
+
+
+def _load_optimizer(path: Path, optimizer) -> None:
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(path / "optimizer.safetensors"))
+    state: dict[int, dict] = {}
+    for name, value in tensors.items():
+        pid, key = name.split(".", 1)
+        state.setdefault(int(pid), {})[key] = value
+    groups = runs.read_json(path / "optimizer.json")["param_groups"]
+    optimizer.load_state_dict({"state": state, "param_groups": groups})
+
+
+def _summary_table(metrics: dict, output: Path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    def pct(value):
+        return "n/a" if value is None else f"{100 * value:.1f}"
+
+    table = Table(title=f"edgeclin train: {output}")
+    table.add_column("split")
+    for column in ("accuracy", "macro-F1", "weighted-F1", "AUROC"):
+        table.add_column(column, justify="right")
+    for epoch in metrics["epochs"]:
+        v = epoch["valid"]
+        table.add_row(f"valid (epoch {epoch['epoch']})", pct(v["accuracy"]), pct(v["macro_f1"]),
+                      pct(v["weighted_f1"]), pct(v["auroc"]))
+    t = metrics["test"]
+    table.add_row(f"[bold]test (best epoch {metrics['best_epoch']})", pct(t["accuracy"]), pct(t["macro_f1"]),
+                  pct(t["weighted_f1"]), pct(t["auroc"]))
+    console = Console(stderr=True)
+    console.print(table)
+    p, tr = metrics["parameters"], metrics["training"]
+    console.print(
+        f"trainable parameters {p['trainable']:,} of {p['total']:,} ({p['trainable_percent']:.2f}%), "
+        f"training {tr['wall_seconds']:.0f} s ({tr['samples_per_second']:.1f} samples/s, {tr['precision']}), "
+        f"peak RSS {metrics['memory']['peak_rss_mb']:.0f} MiB"
+    )
+
+
+def train(config: TrainConfig | None = None, *, resume: str | Path | None = None, **options) -> TrainResult:
+    """Fine-tune a classifier and write a run folder; returns its path and metrics.
+
+    Either pass a ``TrainConfig`` or its fields as keywords: ``train(data="...", method="full")``.
+    ``resume`` continues an interrupted run from its last finished epoch.
+    """
+    if resume is not None:
+        return _resume(Path(resume))
+    config = config or TrainConfig(**options)
+    config.check()
+    output = Path(config.output) if config.output else runs.default_run_dir(config.model, config.method)
+    config.output = str(output)
+    runs.check_output_free(output, config.overwrite)
+    work = runs.partial_dir(output)
+    if config.overwrite:
+        shutil.rmtree(work, ignore_errors=True)
+    return _run(config, output, work, state=None)
+
+
+def _resume(path: Path) -> TrainResult:
+    output = path.with_name(path.name.removesuffix(".partial")) if path.name.endswith(".partial") else path
+    work = runs.partial_dir(output)
+    state_file = work / "checkpoint" / "state.json"
+    if not state_file.exists():
+        if output.exists() and (output / runs.METRICS).exists():
+            raise EdgeclinError(f"{output} is a finished run; nothing to resume")
+        raise EdgeclinError(f"nothing to resume: {work} has no finished epoch")
+    state = runs.read_json(state_file)
+    config = TrainConfig(**state["config"])
+    return _run(config, output, work, state=state)
+
+
+def _run(config: TrainConfig, output: Path, work: Path, state: dict | None) -> TrainResult:
+    import torch
+    from accelerate import Accelerator
+    from tqdm.auto import tqdm
+    from transformers import get_scheduler
+
+    method = get_method(config.method)
+    device = resolve_device(config.device)
+    precision = resolve_precision(config.precision, device)
+    lr = config.lr if config.lr is not None else method.default_lr
+
+    # Everything that can fail on the user's input fails here, before any folder is written.
+    dataset = load_dataset(
+        config.data, train=config.train_file, valid=config.valid_file, test=config.test_file,
+        columns=Columns(config.text_col, config.label_col, config.text_pair_col),
+        skip_bad_rows=config.skip_bad_rows, limit=config.limit, seed=config.seed,
+    )
+    resolved = resolve_model(config.model)
+    _set_seed(config.seed)
+    tokenizer = load_tokenizer(resolved.path)
+    label2id = dataset.label2id
+    encoded = {
+        name: encode_examples(tokenizer, split.examples, label2id, config.max_length, config.truncation)
+        for name, split in dataset.splits.items()
+    }
+    model = load_classifier(resolved.path, dataset.labels)
+    model = method.prepare(model, config)
+    trainable, total = _count_parameters(model)
+
+    mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
+    accelerator = Accelerator(mixed_precision=mixed, cpu=device == "cpu",
+                              gradient_accumulation_steps=config.grad_accum)
+    progress = config.progress and accelerator.is_main_process
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr,
+                                  weight_decay=config.weight_decay)
+    batches_per_epoch = math.ceil(len(encoded["train"]) / config.batch_size)
+    steps_per_epoch = math.ceil(batches_per_epoch / accelerator.num_processes / config.grad_accum)
+    total_steps = config.epochs * steps_per_epoch
+    if config.max_steps is not None:
+        total_steps = min(total_steps, config.max_steps)
+    epochs = math.ceil(total_steps / steps_per_epoch)
+    scheduler = get_scheduler(config.schedule, optimizer, num_warmup_steps=int(config.warmup_ratio * total_steps),
+                              num_training_steps=total_steps)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    unwrapped = accelerator.unwrap_model(model)
+
+    history: list[dict] = []
+    best_epoch, best_score, bad_epochs, step, start_epoch, train_seconds, samples_seen = 0, -1.0, 0, 0, 0, 0.0, 0
+    if state is not None:
+        _load_trainable_state(unwrapped, work / "last")
+        _load_optimizer(work / "checkpoint", optimizer)
+        history, best_epoch, best_score = state["history"], state["best_epoch"], state["best_score"]
+        bad_epochs, step, start_epoch = state["bad_epochs"], state["step"], state["epoch"]
+        train_seconds, samples_seen = state["train_seconds"], state["samples_seen"]
+        for _ in range(step):  # replay the schedule to where it stopped
+            scheduler.step()
+        if progress:
+            print(f"resuming {output} after epoch {start_epoch} (step {step})", file=sys.stderr)
+
+    valid_loader = accelerator.prepare(_loader(encoded["valid"], config.batch_size * 2, pad_id, None))
+    record = {
+        "config": asdict(config),
+        "resolved": {"model_path": resolved.path, "model_source": resolved.source, "lr": lr,
+                     "device": device, "precision": precision, "labels": dataset.labels,
+                     "base_model": resolved.path if method.saves_adapter else None,
+                     "steps_per_epoch": steps_per_epoch, "total_steps": total_steps},
+        "data": dataset.describe(),
+        "versions": runs.library_versions(),
+        "git_commit": runs.git_commit(),
+        "environment": environment(),
+        "processes": accelerator.num_processes,
+    }
+    if accelerator.is_main_process:
+        work.mkdir(parents=True, exist_ok=True)
+
+    finished = state is not None and state.get("stopped_early", False)
+    try:
+        for epoch in range(start_epoch, epochs):
+            if finished or step >= total_steps:
+                break
+            model.train()
+            # the epoch's own seed: a resumed run sees the same batches and dropout masks
+            torch.manual_seed(config.seed + epoch)
+            loader = accelerator.prepare(_loader(encoded["train"], config.batch_size, pad_id, config.seed + epoch))
+            epoch_start, losses = time.perf_counter(), []
+            bar = tqdm(total=min(steps_per_epoch, total_steps - step), desc=f"epoch {epoch + 1}/{epochs}",
+                       disable=not progress, file=sys.stderr)
+            for batch in loader:
+                with accelerator.accumulate(model):
+                    loss = model(**batch).loss
+                    accelerator.backward(loss)
+                    optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad()
+                losses.append(loss.detach().float().item())
+                samples_seen += batch["input_ids"].shape[0] * accelerator.num_processes
+                if accelerator.sync_gradients:
+                    step += 1
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+                    if step >= total_steps:
+                        break
+            bar.close()
+            train_seconds += time.perf_counter() - epoch_start
+            valid_metrics, _, _ = evaluate(model, valid_loader, accelerator, progress, "validating")
+            history.append({"epoch": epoch + 1, "step": step, "train_loss": float(np.mean(losses)),
+                            "epoch_seconds": time.perf_counter() - epoch_start, "valid": valid_metrics})
+            score = valid_metrics[SELECTION_METRIC]
+            improved = score > best_score
+            if improved:
+                best_epoch, best_score, bad_epochs = epoch + 1, score, 0
+            else:
+                bad_epochs += 1
+            patience = config.early_stopping_patience
+            finished = patience is not None and bad_epochs >= patience
+            if progress:
+                print(f"epoch {epoch + 1}: train loss {history[-1]['train_loss']:.4f}, "
+                      f"valid macro-F1 {100 * score:.1f}, accuracy {100 * valid_metrics['accuracy']:.1f}"
+                      + (" (best)" if improved else ""), file=sys.stderr)
+            accelerator.wait_for_everyone()
+            if accelerator.is_main_process:
+                save = lambda folder: _save_model_folder(folder, unwrapped, tokenizer, dataset.labels)  # noqa: E731
+                runs.save_folder_atomically(work / "last", save)
+                if improved:
+                    runs.save_folder_atomically(work / "best", save)
+
+                def save_checkpoint(folder: Path) -> None:
+                    _save_optimizer(folder, optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer)
+                    runs.write_json(folder / "state.json", {
+                        "config": asdict(config), "epoch": epoch + 1, "step": step, "history": history,
+                        "best_epoch": best_epoch, "best_score": best_score, "bad_epochs": bad_epochs,
+                        "train_seconds": train_seconds, "samples_seen": samples_seen, "stopped_early": finished,
+                    })
+
+                runs.save_folder_atomically(work / "checkpoint", save_checkpoint)
+                runs.write_json(work / runs.RUN_RECORD, record)
+            accelerator.wait_for_everyone()
+            if finished:
+                if progress:
+                    print(f"early stopping: no better validation {SELECTION_METRIC} for {patience} epochs",
+                          file=sys.stderr)
+                break
+    except KeyboardInterrupt:
+        if accelerator.is_main_process:
+            if (work / "last").exists():
+                print(f"\ninterrupted: the last finished epoch is in {work / 'last'}; "
+                      f"continue with: edgeclin train --resume {output}", file=sys.stderr)
+            else:
+                shutil.rmtree(work, ignore_errors=True)
+        raise
+
+    # Test the best epoch's weights.
+    _load_trainable_state(unwrapped, work / "best")
+    test_loader = accelerator.prepare(_loader(encoded["test"], config.batch_size * 2, pad_id, None))
+    test_metrics, _, _ = evaluate(model, test_loader, accelerator, progress, "testing")
+    memory = {"peak_rss_mb": peak_rss_mb()}
+    if device == "cuda":
+        memory["cuda_max_allocated_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    metrics = {
+        "task": "single_label_classification",
+        "selection_metric": SELECTION_METRIC,
+        "epochs": history,
+        "best_epoch": best_epoch,
+        "test": test_metrics,
+        "parameters": {"trainable": int(trainable), "total": int(total),
+                       "trainable_percent": 100.0 * trainable / total},
+        "training": {"wall_seconds": train_seconds, "samples_per_second": samples_seen / max(train_seconds, 1e-9),
+                     "optimizer_steps": step, "epochs_run": len(history), "device": device,
+                     "precision": precision, "processes": accelerator.num_processes, "lr": lr},
+        "memory": memory,
+        "truncation": {
+            "max_length": config.max_length, "strategy": config.truncation,
+            **{name: {"truncated": enc.truncated, "total": len(enc)} for name, enc in encoded.items()},
+        },
+    }
+    if accelerator.is_main_process:
+        for item in (work / "best").iterdir():
+            shutil.move(str(item), work / item.name)
+        for leftover in ("best", "last", "checkpoint"):
+            shutil.rmtree(work / leftover, ignore_errors=True)
+        runs.write_json(work / runs.RUN_RECORD, record)
+        runs.write_json(work / runs.METRICS, metrics)
+        runs.publish(work, output, config.overwrite)
+        if progress:
+            _summary_table(metrics, output)
+    accelerator.wait_for_everyone()
+    return TrainResult(output=output, metrics=metrics)
