@@ -56,34 +56,43 @@ def main() -> None:
 @click.option("--text-col", default="text", show_default=True, help="Column holding the text.")
 @click.option("--label-col", default="label", show_default=True, help="Column holding the label.")
 @click.option("--text-pair-col", default=None, help="Column holding a second text (sentence pairs).")
-@click.option("--skip-bad-rows", is_flag=True, help="Drop empty or non-UTF-8 rows (and report how many) instead of failing.")
+@click.option("--skip-bad-rows", is_flag=True,
+              help="Drop empty or non-UTF-8 rows (and report how many) instead of failing.")
 @click.option("--limit", type=int, help="Use a deterministic subsample of N rows of each split.")
 @click.option("--method", type=click.Choice(["lora", "full"]), default="lora", show_default=True,
               help="lora: train low-rank adapters and the head; full: train every weight (the baseline).")
 @click.option("--lora-r", type=int, default=8, show_default=True, help="LoRA rank.")
-@click.option("--lora-alpha", type=int, default=16, show_default=True, help="LoRA scaling numerator (scale = alpha / r).")
+@click.option("--lora-alpha", type=int, default=16, show_default=True,
+              help="LoRA scaling numerator (scale = alpha / r).")
 @click.option("--lora-dropout", type=float, default=0.1, show_default=True)
 @click.option("--target-modules", default="attention", show_default=True,
               help="LoRA targets: qv, qkv, attention (q,k,v,output), all-linear, or a comma list of module names.")
 @click.option("--epochs", type=int, default=4, show_default=True)
 @click.option("--max-steps", type=int, help="Stop after this many optimizer steps.")
 @click.option("--lr", type=float, help="Learning rate. Default per method: lora 2e-3, full 1e-4.")
-@click.option("--warmup-ratio", type=float, default=0.1, show_default=True, help="Fraction of steps spent warming up.")
+@click.option("--warmup-ratio", type=float, default=0.1, show_default=True,
+              help="Fraction of steps spent warming up.")
 @click.option("--schedule", type=click.Choice(["linear", "cosine", "constant_with_warmup"]), default="linear",
               show_default=True, help="Learning-rate schedule after warm-up.")
 @click.option("--batch-size", type=int, default=16, show_default=True)
 @click.option("--grad-accum", type=int, default=1, show_default=True, help="Gradient accumulation steps.")
-@click.option("--max-length", type=int, default=256, show_default=True, help="Tokens per input; longer inputs are cut and counted.")
+@click.option("--max-length", type=int, default=256, show_default=True,
+              help="Tokens per input; longer inputs are cut and counted.")
 @click.option("--truncation", type=click.Choice(["head", "tail", "head+tail"]), default="head", show_default=True,
               help="Which part of a long input to keep.")
 @click.option("--seed", type=int, default=42, show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
-              help="auto: bf16 autocast on GPUs and on CPUs with AMX/AVX512-BF16 (2x faster, same accuracy), else fp32.")
-@click.option("--early-stopping-patience", type=int, help="Stop after N epochs without a better validation macro-F1.")
-@click.option("-o", "--output", type=click.Path(file_okay=False), help="Run folder. Default: runs/<model>-<method>-<time>.")
+              help="auto: bf16 autocast on GPUs and on CPUs with AMX/AVX512-BF16 (2x faster, same accuracy), "
+              "else fp32.")
+@click.option("--early-stopping-patience", type=int,
+              help="Stop after N epochs without a better validation macro-F1.")
+@click.option("-o", "--output", type=click.Path(file_okay=False),
+              help="Run folder. Default: runs/<model>-<method>-<time>.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
-@click.option("--resume", type=click.Path(file_okay=False), help="Continue an interrupted run (its folder) from its last finished epoch.")
+@click.option("--resume", type=click.Path(file_okay=False),
+              help="Continue an interrupted run (its folder) from its last finished epoch; other options are "
+              "taken from that run.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @_friendly_errors
 def train(resume, quiet, **options) -> None:
@@ -98,7 +107,8 @@ def train(resume, quiet, **options) -> None:
       edgeclin train --data notes/ --method full --epochs 3 -o runs/baseline
       accelerate launch -m edgeclin train --data notes/     # several GPUs
     """
-    from edgeclin.train import TrainConfig, train as run_training
+    from edgeclin.train import TrainConfig
+    from edgeclin.train import train as run_training
 
     if resume:
         result = run_training(resume=resume)

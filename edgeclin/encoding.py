@@ -91,7 +91,7 @@ def encode_examples(
             n_special = sum(seq is None for seq in sequence_ids)
             order = sorted(segments)
             budgets = _segment_budgets([len(segments[s]) for s in order], max_length - n_special)
-            kept = {p for s, b in zip(order, budgets) for p in _keep(segments[s], b, truncation)}
+            kept = {p for s, b in zip(order, budgets, strict=True) for p in _keep(segments[s], b, truncation)}
             keep = [p for p, seq in enumerate(sequence_ids) if seq is None or p in kept]
             ids = [ids[p] for p in keep]
             types = [types[p] for p in keep] if types is not None else None

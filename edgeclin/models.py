@@ -60,7 +60,7 @@ def resolve_model(name: str) -> ResolvedModel:
 
     try:
         AutoConfig.from_pretrained(name, trust_remote_code=False)
-    except Exception as exc:  # noqa: BLE001 - hub errors come in many types
+    except Exception as exc:
         offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
         hint = " (HF_HUB_OFFLINE is set: only models already in the local cache load)" if offline else ""
         raise EdgeclinError(f"unknown model {name!r}: could not load it from the Hugging Face Hub{hint}: "

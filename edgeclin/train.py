@@ -83,6 +83,7 @@ class TrainConfig:
 class TrainResult:
     output: Path
     metrics: dict = field(default_factory=dict)
+    test_probabilities: np.ndarray | None = None  # rows in the test file's order
 
 
 def _set_seed(seed: int) -> None:
@@ -108,29 +109,38 @@ def _batches(split: EncodedSplit, batch_size: int, shuffle_seed: int | None) -> 
 
 
 def _loader(split: EncodedSplit, batch_size: int, pad_id: int, shuffle_seed: int | None):
+    import torch
     from torch.utils.data import DataLoader
 
     batches = _batches(split, batch_size, shuffle_seed)
+    def collate(indices: list[int]) -> dict:
+        batch = pad_batch(split, indices, pad_id)
+        batch["example_index"] = torch.tensor(indices)  # evaluation restores the file's order
+        return batch
+
     # each "item" is a list of indices: the batch is formed before the loader sees it
-    return DataLoader(batches, batch_size=None, collate_fn=lambda idx: pad_batch(split, idx, pad_id))
+    return DataLoader(batches, batch_size=None, collate_fn=collate)
 
 
 def evaluate(model, loader, accelerator, progress: bool, desc: str) -> tuple[dict, np.ndarray, np.ndarray]:
+    """Metrics, labels and class probabilities of a split, in the split's own row order."""
     import torch
     from tqdm.auto import tqdm
 
     model.eval()
-    all_probs, all_labels = [], []
+    all_probs, all_labels, all_indices = [], [], []
     with torch.no_grad():
         for batch in tqdm(loader, desc=desc, leave=False, disable=not progress, file=sys.stderr):
-            labels = batch.pop("labels")
+            labels, indices = batch.pop("labels"), batch.pop("example_index")
             with accelerator.autocast():
                 logits = model(**batch).logits
             probs = torch.softmax(logits.float(), dim=-1)
-            probs, labels = accelerator.gather_for_metrics((probs, labels))
+            probs, labels, indices = accelerator.gather_for_metrics((probs, labels, indices))
             all_probs.append(probs.cpu().numpy())
             all_labels.append(labels.cpu().numpy())
-    probs, labels = np.concatenate(all_probs), np.concatenate(all_labels)
+            all_indices.append(indices.cpu().numpy())
+    order = np.argsort(np.concatenate(all_indices), kind="stable")
+    probs, labels = np.concatenate(all_probs)[order], np.concatenate(all_labels)[order]
     return classification_metrics(labels, probs), labels, probs
 
 
@@ -149,7 +159,7 @@ def _load_trainable_state(model, folder: Path) -> None:
 
         set_peft_model_state_dict(model, load_file(str(folder / "adapter_model.safetensors")))
     else:
-        missing, unexpected = model.load_state_dict(load_file(str(folder / "model.safetensors")), strict=False)
+        _, unexpected = model.load_state_dict(load_file(str(folder / "model.safetensors")), strict=False)
         if unexpected:
             raise EdgeclinError(f"{folder}: weights do not match the model ({unexpected[:3]} ...)")
 
@@ -175,6 +185,22 @@ def _load_optimizer(path: Path, optimizer) -> None:
         state.setdefault(int(pid), {})[key] = value
     groups = runs.read_json(path / "optimizer.json")["param_groups"]
     optimizer.load_state_dict({"state": state, "param_groups": groups})
+
+
+def _save_epoch(work: Path, model, tokenizer, labels: list[str], improved: bool, optimizer, loop_state: dict) -> None:
+    """After an epoch: ``last/`` (usable as is), ``best/`` when it improved, and the loop state."""
+
+    def save_model(folder: Path) -> None:
+        _save_model_folder(folder, model, tokenizer, labels)
+
+    def save_checkpoint(folder: Path) -> None:
+        _save_optimizer(folder, getattr(optimizer, "optimizer", optimizer))  # unwrap accelerate's
+        runs.write_json(folder / "state.json", loop_state)
+
+    runs.save_folder_atomically(work / "last", save_model)
+    if improved:
+        runs.save_folder_atomically(work / "best", save_model)
+    runs.save_folder_atomically(work / "checkpoint", save_checkpoint)
 
 
 def _summary_table(metrics: dict, output: Path) -> None:
@@ -240,6 +266,7 @@ def _resume(path: Path) -> TrainResult:
 def _run(config: TrainConfig, output: Path, work: Path, state: dict | None) -> TrainResult:
     import torch
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
     from tqdm.auto import tqdm
     from transformers import get_scheduler
 
@@ -267,6 +294,9 @@ def _run(config: TrainConfig, output: Path, work: Path, state: dict | None) -> T
     trainable, total = _count_parameters(model)
 
     mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
+    # accelerate keeps one global state per process; reset it (keeping the distributed
+    # setup) so that train() can be called again in the same process with other settings
+    AcceleratorState._reset_state(reset_partial_state=False)
     accelerator = Accelerator(mixed_precision=mixed, cpu=device == "cpu",
                               gradient_accumulation_steps=config.grad_accum)
     progress = config.progress and accelerator.is_main_process
@@ -293,8 +323,7 @@ def _run(config: TrainConfig, output: Path, work: Path, state: dict | None) -> T
         history, best_epoch, best_score = state["history"], state["best_epoch"], state["best_score"]
         bad_epochs, step, start_epoch = state["bad_epochs"], state["step"], state["epoch"]
         train_seconds, samples_seen = state["train_seconds"], state["samples_seen"]
-        for _ in range(step):  # replay the schedule to where it stopped
-            scheduler.step()
+        scheduler.load_state_dict(state["scheduler"])
         if progress:
             print(f"resuming {output} after epoch {start_epoch} (step {step})", file=sys.stderr)
 
@@ -327,6 +356,7 @@ def _run(config: TrainConfig, output: Path, work: Path, state: dict | None) -> T
             bar = tqdm(total=min(steps_per_epoch, total_steps - step), desc=f"epoch {epoch + 1}/{epochs}",
                        disable=not progress, file=sys.stderr)
             for batch in loader:
+                batch.pop("example_index")
                 with accelerator.accumulate(model):
                     loss = model(**batch).loss
                     accelerator.backward(loss)
@@ -360,20 +390,13 @@ def _run(config: TrainConfig, output: Path, work: Path, state: dict | None) -> T
                       + (" (best)" if improved else ""), file=sys.stderr)
             accelerator.wait_for_everyone()
             if accelerator.is_main_process:
-                save = lambda folder: _save_model_folder(folder, unwrapped, tokenizer, dataset.labels)  # noqa: E731
-                runs.save_folder_atomically(work / "last", save)
-                if improved:
-                    runs.save_folder_atomically(work / "best", save)
-
-                def save_checkpoint(folder: Path) -> None:
-                    _save_optimizer(folder, optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer)
-                    runs.write_json(folder / "state.json", {
-                        "config": asdict(config), "epoch": epoch + 1, "step": step, "history": history,
-                        "best_epoch": best_epoch, "best_score": best_score, "bad_epochs": bad_epochs,
-                        "train_seconds": train_seconds, "samples_seen": samples_seen, "stopped_early": finished,
-                    })
-
-                runs.save_folder_atomically(work / "checkpoint", save_checkpoint)
+                loop_state = {
+                    "config": asdict(config), "epoch": epoch + 1, "step": step, "history": history,
+                    "best_epoch": best_epoch, "best_score": best_score, "bad_epochs": bad_epochs,
+                    "train_seconds": train_seconds, "samples_seen": samples_seen, "stopped_early": finished,
+                    "scheduler": scheduler.state_dict(),  # plain numbers for transformers' schedules
+                }
+                _save_epoch(work, unwrapped, tokenizer, dataset.labels, improved, optimizer, loop_state)
                 runs.write_json(work / runs.RUN_RECORD, record)
             accelerator.wait_for_everyone()
             if finished:
@@ -393,7 +416,7 @@ def _run(config: TrainConfig, output: Path, work: Path, state: dict | None) -> T
     # Test the best epoch's weights.
     _load_trainable_state(unwrapped, work / "best")
     test_loader = accelerator.prepare(_loader(encoded["test"], config.batch_size * 2, pad_id, None))
-    test_metrics, _, _ = evaluate(model, test_loader, accelerator, progress, "testing")
+    test_metrics, _, test_probabilities = evaluate(model, test_loader, accelerator, progress, "testing")
     memory = {"peak_rss_mb": peak_rss_mb()}
     if device == "cuda":
         memory["cuda_max_allocated_mb"] = torch.cuda.max_memory_allocated() / 2**20
@@ -425,4 +448,4 @@ def _run(config: TrainConfig, output: Path, work: Path, state: dict | None) -> T
         if progress:
             _summary_table(metrics, output)
     accelerator.wait_for_everyone()
-    return TrainResult(output=output, metrics=metrics)
+    return TrainResult(output=output, metrics=metrics, test_probabilities=test_probabilities)

@@ -1,0 +1,50 @@
+# Two commands on a fresh machine:  make demo  /  make test
+# Each creates (or reuses) .venv and installs what it needs.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.edgeclin-installed
+# The PyTorch build that pip falls back to where the pinned CPU wheel is not on disk.
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+
+export HF_HUB_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: install demo test lint search clean
+
+install: $(STAMP)
+
+# torch first: with no GPU, take the CPU build (torch==2.13.0 lies on disk on the project's
+# machines; elsewhere PyTorch's CPU index). A bare "torch" would pull a multi-GB CUDA build.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	@if $(BIN)/python -c "import torch" 2>/dev/null; then \
+		echo "torch already installed: $$($(BIN)/python -c 'import torch; print(torch.__version__)')"; \
+	elif command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then \
+		$(BIN)/python -m pip install -q torch; \
+	else \
+		$(BIN)/python -m pip install -q torch==2.13.0 || \
+		$(BIN)/python -m pip install -q torch --index-url $(TORCH_CPU_INDEX); \
+	fi
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+# Train LoRA on the built-in model and synthetic notes, offline; prints test metrics.
+demo: $(STAMP)
+	$(BIN)/edgeclin train --output runs/demo --overwrite
+
+test: $(STAMP)
+	$(BIN)/ruff check edgeclin tests benchmarks
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check edgeclin tests benchmarks
+
+# The search that chose the training defaults (about 40 minutes on 2 cores).
+search: $(STAMP)
+	$(BIN)/python benchmarks/search_defaults.py
+
+clean:
+	rm -rf runs bench .pytest_cache .ruff_cache

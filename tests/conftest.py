@@ -1,0 +1,77 @@
+"""Shared fixtures: tiny random models built in code, and small CSV datasets."""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def shared_dataset(name: str) -> Path:
+    """A dataset from ../shared/data; in CI its absence is a failure, not a skip."""
+    path = SHARED_DATA / name
+    if not path.exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"{path} is missing: CI must have ../shared beside the checkout")
+        pytest.skip(f"{path} not available")
+    return path
+
+
+def write_csv(path: Path, rows: list[tuple], header: tuple = ("text", "label")) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+@pytest.fixture(scope="session")
+def demo_folder(tmp_path_factory) -> Path:
+    """A small copy of the synthetic demo data as CSV files (our own generated text)."""
+    from edgeclin.demo_data import generate_demo_dataset
+
+    folder = tmp_path_factory.mktemp("demo")
+    for name, split in generate_demo_dataset(seed=0).items():
+        size = 96 if name == "train" else 40
+        write_csv(folder / f"{name}.csv", [(e.text, e.label) for e in split.examples[:size]])
+    return folder
+
+
+def _tiny_tokenizer(folder: Path):
+    """A word-level WordPiece vocabulary built from the demo notes: no download needed."""
+    from transformers import BertTokenizerFast
+
+    from edgeclin.demo_data import generate_demo_dataset
+
+    words = set()
+    for split in generate_demo_dataset(seed=0).values():
+        for example in split.examples:
+            words.update(re.findall(r"\w+|[^\w\s]", example.text.lower()))
+    vocab = folder / "vocab.txt"
+    vocab.write_text("\n".join(SPECIAL_TOKENS + sorted(words)) + "\n", encoding="utf-8")
+    return BertTokenizerFast(vocab_file=str(vocab), do_lower_case=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> Path:
+    """A randomly initialised 2-layer BERT with its tokenizer, saved as a HF folder."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    tokenizer = _tiny_tokenizer(folder)
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128, num_labels=2)
+    model = BertForSequenceClassification(config)
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    return folder

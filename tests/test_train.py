@@ -1,0 +1,133 @@
+"""Training on a tiny random BERT: run folder, head survival, determinism, resume."""
+
+import json
+
+import pytest
+import torch
+
+from edgeclin import runs
+from edgeclin.errors import EdgeclinError
+from edgeclin.train import TrainConfig, train
+
+
+def config(tiny_bert, demo_folder, output, **overrides):
+    options = dict(model=str(tiny_bert), data=str(demo_folder), output=str(output), epochs=2, batch_size=16,
+                   max_length=48, precision="fp32", progress=False, lr=5e-3)
+    options.update(overrides)
+    return TrainConfig(**options)
+
+
+def load_predictions(run_dir, texts):
+    """Reload a run folder the way a user would and return its logits."""
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    record = json.loads((run_dir / "run.json").read_text())
+    tokenizer = AutoTokenizer.from_pretrained(run_dir)
+    if (run_dir / "adapter_config.json").exists():
+        base = AutoModelForSequenceClassification.from_pretrained(
+            record["resolved"]["base_model"], num_labels=len(record["resolved"]["labels"]),
+            ignore_mismatched_sizes=True)
+        base.eval()
+        model = PeftModel.from_pretrained(base, run_dir)
+    else:
+        model = AutoModelForSequenceClassification.from_pretrained(run_dir)
+    model.eval()
+    with torch.no_grad():
+        inputs = tokenizer(texts, return_tensors="pt", padding=True, truncation=True,
+                           max_length=record["config"]["max_length"])
+        return model(**inputs).logits
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_run_folder_is_complete_and_reloads(tiny_bert, demo_folder, tmp_path, method):
+    output = tmp_path / "run"
+    result = train(config(tiny_bert, demo_folder, output, method=method))
+    assert result.output == output and not runs.partial_dir(output).exists()
+    names = {p.name for p in output.iterdir()}
+    weights = {"adapter_model.safetensors", "adapter_config.json"} if method == "lora" else {"model.safetensors"}
+    assert weights | {"tokenizer.json", "labels.json", "run.json", "metrics.json"} <= names
+    assert not {"last", "best", "checkpoint"} & names
+    assert not any(n.endswith((".bin", ".pt", ".pth")) for n in names)  # safetensors only
+
+    metrics = json.loads((output / "metrics.json").read_text())
+    assert len(metrics["epochs"]) == 2 and metrics["best_epoch"] in (1, 2)
+    assert set(metrics["test"]) == {"accuracy", "macro_f1", "weighted_f1", "auroc"}
+    assert metrics["truncation"]["train"]["truncated"] > 0  # demo notes exceed 48 tokens
+    p = metrics["parameters"]
+    assert 0 < p["trainable"] < p["total"] if method == "lora" else p["trainable"] == p["total"]
+    assert metrics["memory"]["peak_rss_mb"] > 0 and metrics["training"]["samples_per_second"] > 0
+    record = json.loads((output / "run.json").read_text())
+    assert record["config"]["method"] == method and record["versions"]["torch"]
+    assert record["environment"]["cpu"] and record["resolved"]["labels"] == json.loads(
+        (output / "labels.json").read_text())["labels"]
+
+    # the trained head survives saving: reloaded with plain transformers/peft, the run
+    # predicts exactly what training measured on its test split
+    from edgeclin.data import Columns, read_split
+
+    tests = read_split(demo_folder / "test.csv", "test", Columns()).examples
+    logits = load_predictions(output, [e.text for e in tests])
+    assert torch.allclose(torch.softmax(logits, -1), torch.from_numpy(result.test_probabilities), atol=1e-5)
+
+
+def test_training_learns(tmp_path, tiny_bert):
+    """A separable task: a model whose head or adapters did not train stays at chance."""
+    from conftest import write_csv
+
+    rows = [(f"patient reports {w} {w} today", label) for w, label in (("cough", "lung"), ("pain", "bone"))] * 40
+    for name in ("train", "valid", "test"):
+        write_csv(tmp_path / "easy" / f"{name}.csv", rows)
+    for method, lr in (("lora", 1e-2), ("full", 1e-3)):
+        metrics = train(config(tiny_bert, tmp_path / "easy", tmp_path / method, method=method, lr=lr,
+                               epochs=4, batch_size=8)).metrics
+        assert metrics["test"]["accuracy"] > 0.9, (method, metrics["test"])
+
+
+def test_same_seed_same_result(tiny_bert, demo_folder, tmp_path):
+    first = train(config(tiny_bert, demo_folder, tmp_path / "a", epochs=1)).metrics
+    second = train(config(tiny_bert, demo_folder, tmp_path / "b", epochs=1)).metrics
+    assert first["test"] == second["test"]
+    assert first["epochs"][0]["train_loss"] == second["epochs"][0]["train_loss"]
+
+
+def test_interrupted_run_keeps_last_epoch_and_resumes_to_the_same_result(tiny_bert, demo_folder, tmp_path,
+                                                                          monkeypatch):
+    import edgeclin.train as train_module
+
+    reference = train(config(tiny_bert, demo_folder, tmp_path / "reference", epochs=3)).metrics
+
+    real_evaluate, calls = train_module.evaluate, {"n": 0}
+
+    def interrupt_on_second_validation(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "evaluate", interrupt_on_second_validation)
+    output = tmp_path / "interrupted"
+    with pytest.raises(KeyboardInterrupt):
+        train(config(tiny_bert, demo_folder, output, epochs=3))
+    monkeypatch.setattr(train_module, "evaluate", real_evaluate)
+
+    work = runs.partial_dir(output)
+    assert not output.exists() and (work / "last" / "adapter_model.safetensors").exists()
+    assert json.loads((work / "checkpoint" / "state.json").read_text())["epoch"] == 1
+    with pytest.raises(EdgeclinError, match="holds an interrupted run"):
+        train(config(tiny_bert, demo_folder, output, epochs=3))
+
+    resumed = train(resume=output).metrics
+    assert output.exists() and not work.exists()
+    assert [e["epoch"] for e in resumed["epochs"]] == [1, 2, 3]
+    assert resumed["test"] == pytest.approx(reference["test"])
+    assert resumed["epochs"][2]["train_loss"] == pytest.approx(reference["epochs"][2]["train_loss"], rel=1e-5)
+
+
+def test_max_steps_and_early_stopping(tiny_bert, demo_folder, tmp_path):
+    metrics = train(config(tiny_bert, demo_folder, tmp_path / "steps", epochs=5, max_steps=3)).metrics
+    assert metrics["training"]["optimizer_steps"] == 3 and len(metrics["epochs"]) == 1
+    # lr 0: validation never improves after epoch 1, so patience 1 stops after epoch 2
+    metrics = train(config(tiny_bert, demo_folder, tmp_path / "early", epochs=5, lr=0.0,
+                           early_stopping_patience=1)).metrics
+    assert len(metrics["epochs"]) == 2 and metrics["best_epoch"] == 1
