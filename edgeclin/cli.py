@@ -114,6 +114,8 @@ def train(resume, quiet, **options) -> None:
         result = run_training(resume=resume)
     else:
         result = run_training(TrainConfig(progress=not quiet, **options))
+    if os.environ.get("RANK", "0") != "0":  # under accelerate launch / torchrun: one summary line
+        return
     test = result.metrics["test"]
     click.echo(f"{result.output}: test macro-F1 {100 * test['macro_f1']:.1f}, accuracy {100 * test['accuracy']:.1f}")
 

@@ -118,8 +118,9 @@ def _loader(split: EncodedSplit, batch_size: int, pad_id: int, shuffle_seed: int
         batch["example_index"] = torch.tensor(indices)  # evaluation restores the file's order
         return batch
 
-    # each "item" is a list of indices: the batch is formed before the loader sees it
-    return DataLoader(batches, batch_size=None, collate_fn=collate)
+    # batches are formed here (shuffled, or length-sorted for evaluation) and handed over as a
+    # batch sampler, which accelerate knows how to shard across processes
+    return DataLoader(range(len(split)), batch_sampler=batches, collate_fn=collate)
 
 
 def evaluate(model, loader, accelerator, progress: bool, desc: str) -> tuple[dict, np.ndarray, np.ndarray]:
@@ -135,12 +136,18 @@ def evaluate(model, loader, accelerator, progress: bool, desc: str) -> tuple[dic
             with accelerator.autocast():
                 logits = model(**batch).logits
             probs = torch.softmax(logits.float(), dim=-1)
-            probs, labels, indices = accelerator.gather_for_metrics((probs, labels, indices))
+            # processes may hold batches of different sizes: pad, gather, then drop the padding
+            # (index -1) and the rows that accelerate repeated to even out the batches
+            probs, labels, indices = (accelerator.pad_across_processes(t, dim=0, pad_index=-1)
+                                      for t in (probs, labels, indices))
+            probs, labels, indices = accelerator.gather((probs, labels, indices))
             all_probs.append(probs.cpu().numpy())
             all_labels.append(labels.cpu().numpy())
             all_indices.append(indices.cpu().numpy())
-    order = np.argsort(np.concatenate(all_indices), kind="stable")
-    probs, labels = np.concatenate(all_probs)[order], np.concatenate(all_labels)[order]
+    indices = np.concatenate(all_indices)
+    _, first = np.unique(np.where(indices >= 0, indices, np.iinfo(np.int64).max), return_index=True)
+    first = first[indices[first] >= 0]  # in index order: the split's own row order
+    probs, labels = np.concatenate(all_probs)[first], np.concatenate(all_labels)[first]
     return classification_metrics(labels, probs), labels, probs
 
 

@@ -65,8 +65,10 @@ def _tiny_tokenizer(folder: Path):
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory) -> Path:
     """A randomly initialised 2-layer BERT with its tokenizer, saved as a HF folder."""
+    import torch
     from transformers import BertConfig, BertForSequenceClassification
 
+    torch.manual_seed(0)  # the same tiny model in every test process
     folder = tmp_path_factory.mktemp("tiny-bert")
     tokenizer = _tiny_tokenizer(folder)
     config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,

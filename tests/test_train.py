@@ -78,7 +78,7 @@ def test_training_learns(tmp_path, tiny_bert):
     rows = [(f"patient reports {w} {w} today", label) for w, label in (("cough", "lung"), ("pain", "bone"))] * 40
     for name in ("train", "valid", "test"):
         write_csv(tmp_path / "easy" / f"{name}.csv", rows)
-    for method, lr in (("lora", 1e-2), ("full", 1e-3)):
+    for method, lr in (("lora", 1e-2), ("full", 3e-3)):
         metrics = train(config(tiny_bert, tmp_path / "easy", tmp_path / method, method=method, lr=lr,
                                epochs=4, batch_size=8)).metrics
         assert metrics["test"]["accuracy"] > 0.9, (method, metrics["test"])
@@ -131,3 +131,25 @@ def test_max_steps_and_early_stopping(tiny_bert, demo_folder, tmp_path):
     metrics = train(config(tiny_bert, demo_folder, tmp_path / "early", epochs=5, lr=0.0,
                            early_stopping_patience=1)).metrics
     assert len(metrics["epochs"]) == 2 and metrics["best_epoch"] == 1
+
+
+def test_data_parallel_training_under_a_launcher(tiny_bert, demo_folder, tmp_path):
+    """Two processes (torchrun, as `accelerate launch` uses on GPUs) train one run, no code changes."""
+    import os
+    import subprocess
+    import sys
+
+    output = tmp_path / "ddp"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    cmd = [*torchrun, "-m", "edgeclin", "train", "--model", str(tiny_bert), "--data", str(demo_folder),
+           "--epochs", "2", "--precision", "fp32", "--device", "cpu", "-o", str(output), "--quiet"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("test macro-F1") == 1  # one summary, from the main process
+    metrics = json.loads((output / "metrics.json").read_text())
+    record = json.loads((output / "run.json").read_text())
+    assert record["processes"] == 2
+    assert metrics["training"]["optimizer_steps"] == 2 * 3  # 96 rows / 16 per batch / 2 processes
+    single = train(config(tiny_bert, demo_folder, tmp_path / "single", epochs=2, lr=None)).metrics
+    assert single["training"]["optimizer_steps"] == 2 * 6
