@@ -98,13 +98,22 @@ def _prepare_lora(model, config):
     from peft import LoraConfig, TaskType, get_peft_model
 
     model_type = model.config.model_type
+    targets = lora_target_modules(model_type, config.target_modules)
+    to_save = head_modules_to_save(model_type) or []
+    # A pretrained pooler gets LoRA; one that the checkpoint lacks starts random and must
+    # train in full, or LoRA would adapt noise (checkpoints saved as embedding or MLM models).
+    new_weights = getattr(model, "edgeclin_new_weights", [])
+    for name in list(targets):
+        if any(weight.rsplit(".", 1)[0].endswith(name) for weight in new_weights):
+            targets.remove(name)
+            to_save.append(name)
     lora_config = LoraConfig(
         task_type=TaskType.SEQ_CLS,
         r=config.lora_r,
         lora_alpha=config.lora_alpha,
         lora_dropout=config.lora_dropout,
-        target_modules=lora_target_modules(model_type, config.target_modules),
-        modules_to_save=head_modules_to_save(model_type),
+        target_modules=targets,
+        modules_to_save=to_save or None,
     )
     try:
         return get_peft_model(model, lora_config)

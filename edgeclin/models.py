@@ -63,7 +63,8 @@ def resolve_model(name: str) -> ResolvedModel:
     except Exception as exc:
         offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
         hint = " (HF_HUB_OFFLINE is set: only models already in the local cache load)" if offline else ""
-        raise EdgeclinError(f"unknown model {name!r}: could not load it from the Hugging Face Hub{hint}: "
+        raise EdgeclinError(f"unknown model {name!r}: no such local folder, and no such model on the Hugging Face "
+                            f"Hub{hint}: "
                             f"{str(exc).splitlines()[0]}") from None
     return ResolvedModel(name=name, path=name, source="hub")
 
@@ -96,10 +97,19 @@ def load_classifier(path: str, labels: list[str] | None = None, *, dtype=None):
     # "newly initialized: classifier" is expected when starting a fine-tune; keep it quiet
     previous = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
+    local = Path(path)
+    if local.is_dir() and not any(local.glob("*.safetensors")) and any(local.glob("*.bin")):
+        raise EdgeclinError(
+            f"{path} holds only pickle weights (*.bin); edgeclin loads safetensors only, for safety. "
+            "Convert once with: model.save_pretrained(folder, safe_serialization=True)"
+        )
     try:
-        return AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
+        model, info = AutoModelForSequenceClassification.from_pretrained(path, output_loading_info=True, **kwargs)
     except OSError as exc:
         raise EdgeclinError(f"could not load model from {path}: {str(exc).splitlines()[0]}") from None
     finally:
         hf_logging.set_verbosity(previous)
         logging.getLogger("transformers").setLevel(logging.WARNING)
+    # which weights started random (the head; sometimes the pooler): methods train those in full
+    model.edgeclin_new_weights = sorted(set(info["missing_keys"]) | {k for k, *_ in info["mismatched_keys"]})
+    return model

@@ -67,3 +67,36 @@ def test_full_trains_everything_and_unknown_method_is_refused():
     assert all(p.requires_grad for p in model.parameters())
     with pytest.raises(EdgeclinError, match="unknown method 'ia4'"):
         get_method("ia4")
+
+
+def test_random_pooler_trains_in_full(tmp_path, tiny_bert):
+    """A checkpoint without pooler weights: the pooler starts random, so it is trained, not LoRA'd."""
+    from safetensors.torch import load_file, save_file
+
+    from edgeclin.models import load_classifier
+
+    folder = tmp_path / "no-pooler"
+    folder.mkdir()
+    for item in tiny_bert.iterdir():
+        (folder / item.name).write_bytes(item.read_bytes())
+    weights = load_file(str(folder / "model.safetensors"))
+    save_file({k: v for k, v in weights.items() if "pooler" not in k}, str(folder / "model.safetensors"),
+              metadata={"format": "pt"})
+    model = load_classifier(str(folder), ["a", "b", "c"])
+    assert "bert.pooler.dense.weight" in model.edgeclin_new_weights
+    lora = get_method("lora").prepare(model, TrainConfig())
+    trainable = [name for name, p in lora.named_parameters() if p.requires_grad]
+    assert any("pooler.dense.modules_to_save" in name for name in trainable), trainable
+    assert not any("pooler" in name and "lora_" in name for name in trainable)
+
+    pretrained = get_method("lora").prepare(load_classifier(str(tiny_bert), ["a", "b", "c"]), TrainConfig())
+    assert any("pooler" in n and "lora_A" in n for n, p in pretrained.named_parameters() if p.requires_grad)
+
+
+def test_pickle_only_checkpoint_is_refused(tmp_path):
+    from edgeclin.models import load_classifier
+
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "pytorch_model.bin").write_bytes(b"not really")
+    with pytest.raises(EdgeclinError, match="safetensors only"):
+        load_classifier(str(tmp_path), ["a", "b"])
