@@ -35,7 +35,7 @@ DATASETS = {
 }
 
 GRID: list[tuple[str, list[str]]] = []
-for lr in ("1e-3", "2e-3", "4e-3"):
+for lr in ("1e-3", "2e-3", "4e-3", "8e-3"):
     GRID.append((f"lora attention r8 a16 lr{lr}",
                  ["--method", "lora", "--target-modules", "attention", "--lora-r", "8", "--lora-alpha", "16",
                   "--lr", lr]))
@@ -48,7 +48,7 @@ for lr in ("3e-5", "1e-4", "2e-4"):
     GRID.append((f"full lr{lr}", ["--method", "full", "--lr", lr]))
 # does bf16 autocast keep accuracy? the same two settings in fp32 (mtsamples only)
 PRECISION_CHECK = [
-    ("lora attention r8 a16 lr2e-3 fp32", GRID[2][1] + ["--precision", "fp32"]),
+    ("lora attention r8 a16 lr2e-3 fp32", dict(GRID)["lora attention r8 a16 lr2e-3"] + ["--precision", "fp32"]),
     ("full lr1e-4 fp32", ["--method", "full", "--lr", "1e-4", "--precision", "fp32"]),
 ]
 
@@ -105,13 +105,20 @@ def main() -> None:
     parser.add_argument("--only", choices=sorted(DATASETS), help="Run one dataset only.")
     parser.add_argument("--jobs", type=int, default=2, help="Runs at a time (one thread each).")
     parser.add_argument("--out", type=Path, default=Path("/tmp/edgeclin-search"), help="Where the run folders go.")
+    parser.add_argument("--fresh", action="store_true", help="Rerun settings already in the results file.")
     args = parser.parse_args()
     jobs = [(d, name, opts) for d in DATASETS if args.only in (None, d) for name, opts in GRID]
     if args.only in (None, "mtsamples"):
         jobs += [("mtsamples", name, opts) for name, opts in PRECISION_CHECK]
+    done: list[dict] = []
+    results_file = RESULTS / "search_defaults.json"
+    if results_file.exists() and not args.fresh:  # add new settings to an earlier search
+        done = [r for r in json.loads(results_file.read_text()) if "error" not in r]
+        finished = {(r["dataset"], r["setting"]) for r in done}
+        jobs = [job for job in jobs if (job[0], job[1]) not in finished]
     with ThreadPoolExecutor(args.jobs) as pool:
         rows = list(pool.map(lambda job: run_one(*job, args.out), jobs))
-    write_tables(rows)
+    write_tables(done + rows)
 
 
 if __name__ == "__main__":
