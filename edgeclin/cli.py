@@ -120,6 +120,96 @@ def train(resume, quiet, **options) -> None:
     click.echo(f"{result.output}: test macro-F1 {100 * test['macro_f1']:.1f}, accuracy {100 * test['accuracy']:.1f}")
 
 
+@main.command()
+@click.argument("run", type=click.Path(file_okay=False))
+@click.option("-o", "--output", type=click.Path(file_okay=False), help="Merged model folder. Default: RUN-merged.")
+@click.option("--eval-data", type=click.Path(file_okay=False),
+              help="Data folder whose validation split checks the merge (default: the run's own data).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
+@_friendly_errors
+def merge(run, output, eval_data, overwrite) -> None:
+    """Fold a LoRA adapter into its base weights (fp32) and save a plain HF model folder.
+
+    Before saving, the merged model's logits are compared with the adapter model's on real
+    validation inputs (tolerance 1e-4). A full fine-tune run is already a plain model: it
+    passes through unchanged.
+    """
+    from edgeclin.merge import merge as run_merge
+
+    result = run_merge(run, output, eval_data=eval_data, overwrite=overwrite)
+    if Path(result).resolve() == Path(run).resolve():
+        click.echo(f"{run} is a full fine-tune: nothing to merge; use it as it is")
+    else:
+        click.echo(f"merged model written to {result}")
+
+
+@main.command("export")
+@click.argument("source", type=click.Path(file_okay=False))
+@click.option("-o", "--output", type=click.Path(file_okay=False), help="Bundle folder. Default: export/<run name>.")
+@click.option("--int8", is_flag=True, help="Quantise to int8 (gated on the task metric against fp32).")
+@click.option("--optimize", is_flag=True,
+              help="Apply onnxruntime's transformer fusions (kept only if the gate passes).")
+@click.option("--opset", type=int, help="ONNX opset (default: optimum's choice).")
+@click.option("--quantize", type=click.Choice(["all", "matmul"]), default="all", show_default=True,
+              help="all: optimum's op set, embeddings included (smallest); matmul: leave the embedding table fp32.")
+@click.option("--per-channel", is_flag=True, help="Per-channel weight scales (not always more accurate: measure).")
+@click.option("--isa", type=click.Choice(["auto", "avx2", "avx512", "avx512_vnni", "arm64"]), default="auto",
+              show_default=True, help="Quantisation preset; auto detects this CPU.")
+@click.option("--static", is_flag=True, help="Also try calibrated static int8 (QDQ, MatMul only) first.")
+@click.option("--calibration", type=int, default=300, show_default=True, help="Training texts for --static.")
+@click.option("--max-drop", type=float, default=1.0, show_default=True,
+              help="Most macro-F1 points int8 may lose against fp32 before the next setting is tried.")
+@click.option("--force", is_flag=True, help="Write the requested int8 bundle even if no setting passes the gate.")
+@click.option("--eval-data", type=click.Path(file_okay=False),
+              help="Data folder whose test split gates the export (default: the run's own test split).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing bundle folder.")
+@click.option("--quiet", is_flag=True)
+@_friendly_errors
+def export_command(source, **options) -> None:
+    """Export a run, merged folder or HF classifier folder to an ONNX bundle.
+
+    \b
+    A LoRA run is merged first. Every variant is evaluated on the test split; with --int8
+    the settings are tried in turn until one loses at most --max-drop macro-F1 points.
+    Examples:
+      edgeclin export runs/my-lora --int8
+      edgeclin export runs/my-lora --int8 --quantize matmul --per-channel -o export/ward7
+    """
+    from edgeclin.export import export
+
+    result = export(source, **options)
+    chosen = result.manifest["chosen"]
+    size = result.manifest["files"]["model.onnx"]["bytes"] / 1e6
+    click.echo(f"{result.bundle}: {chosen}, model.onnx {size:.1f} MB")
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(file_okay=False))
+@click.option("--data", "data_file", required=True, type=click.Path(dir_okay=False),
+              help="CSV or JSONL file of texts to classify.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False),
+              help="Where predictions go (.csv or .jsonl). Default: JSONL on standard output.")
+@click.option("--text-col", help="Text column (default: the one the model was trained with).")
+@click.option("--text-pair-col", help="Second text column, for sentence-pair models.")
+@click.option("--label-col", help="Label column; if present, a metrics summary is printed.")
+@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--threads", type=int, help="onnxruntime intra-op threads (default: all cores).")
+@_friendly_errors
+def predict(bundle, data_file, output, text_col, text_pair_col, label_col, batch_size, threads) -> None:
+    """Classify texts with an exported bundle: onnxruntime and tokenizers only (no torch).
+
+    The bundle's checksums are verified first; a changed or incomplete bundle is refused.
+    """
+    from edgeclin.predict import predict_file
+
+    summary = predict_file(bundle, data_file, output, text_col=text_col, text_pair_col=text_pair_col,
+                           label_col=label_col, batch_size=batch_size, threads=threads)
+    if summary.get("metrics"):
+        m = summary["metrics"]
+        click.echo(f"{summary['rows']} rows: macro-F1 {100 * m['macro_f1']:.1f}, accuracy {100 * m['accuracy']:.1f}",
+                   err=True)
+
+
 @main.command("demo-data")
 @click.argument("folder", type=click.Path(file_okay=False), default="data/demo")
 @_friendly_errors

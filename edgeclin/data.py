@@ -43,7 +43,7 @@ class Split:
 @dataclass
 class Columns:
     text: str = "text"
-    label: str = "label"
+    label: str | None = "label"  # None: unlabelled input (prediction)
     text_pair: str | None = None
 
 
@@ -135,6 +135,11 @@ def _read_records(path: Path) -> tuple[list[str], list[tuple[int, dict]]]:
     return columns, rows
 
 
+def file_columns(path: Path) -> list[str]:
+    """The column names of a CSV or JSONL file."""
+    return _read_records(Path(path))[0]
+
+
 def read_split(path: Path, name: str, columns: Columns, skip_bad_rows: bool = False) -> Split:
     """Read one split file into Examples, checking every row."""
     path = Path(path)
@@ -167,7 +172,7 @@ def read_split(path: Path, name: str, columns: Columns, skip_bad_rows: bool = Fa
         examples.append(
             Example(
                 text=values[columns.text],
-                label=values[columns.label],
+                label=values[columns.label] if columns.label else "",
                 text_pair=values.get(columns.text_pair) if columns.text_pair else None,
             )
         )
@@ -224,6 +229,7 @@ def load_dataset(
     skip_bad_rows: bool = False,
     limit: int | None = None,
     seed: int = 42,
+    check: bool = True,
 ) -> Dataset:
     """Load train/valid/test from a folder, explicit files, or the built-in demo data.
 
@@ -251,5 +257,6 @@ def load_dataset(
     for split in splits.values():
         split.examples = subsample(split.examples, limit, seed)
     dataset = Dataset(splits=splits)
-    check_labels(dataset)
+    if check:  # training needs a sound label set; checking an exported model does not
+        check_labels(dataset)
     return dataset

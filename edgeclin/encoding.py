@@ -26,7 +26,7 @@ TRUNCATION_STRATEGIES = ("head", "tail", "head+tail")
 @dataclass
 class EncodedSplit:
     input_ids: list[list[int]]
-    token_type_ids: list[list[int]] | None
+    token_type_ids: list[list[int]]
     labels: list[int]
     truncated: int = 0
     lengths: list[int] = field(default_factory=list)
@@ -57,33 +57,41 @@ def _segment_budgets(sizes: list[int], available: int) -> list[int]:
     return budgets
 
 
-def encode_examples(
+def plain_tokenizer(tokenizer):
+    """A copy of the Rust ``tokenizers.Tokenizer`` with no truncation or padding set.
+
+    Accepts a ``tokenizers.Tokenizer`` or a transformers fast tokenizer (its backend), so
+    training and the torch-free runtime share this module.
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", tokenizer)
+    from tokenizers import Tokenizer
+
+    plain = Tokenizer.from_str(backend.to_str())
+    plain.no_truncation()
+    plain.no_padding()
+    return plain
+
+
+def encode_texts(
     tokenizer,
-    examples: list[Example],
-    label2id: dict[str, int] | None,
+    texts: list[str],
+    pairs: list[str | None] | None,
     max_length: int,
     truncation: str = "head",
-) -> EncodedSplit:
-    """Tokenise examples; cut each to ``max_length`` tokens with ``truncation``."""
+) -> tuple[list[list[int]], list[list[int]], int]:
+    """Token ids and token type ids of each text (or pair), cut to ``max_length``; and how many were cut."""
     if truncation not in TRUNCATION_STRATEGIES:
         raise ValueError(f"truncation must be one of {TRUNCATION_STRATEGIES}")
-    texts = [e.text for e in examples]
-    pairs = [e.text_pair for e in examples]
-    has_pairs = any(p is not None for p in pairs)
-    # no truncation and no length warning here: we cut ourselves, and count what we cut
-    saved_max = tokenizer.model_max_length
-    tokenizer.model_max_length = 10**9
-    try:
-        batch = tokenizer(texts, pairs if has_pairs else None, add_special_tokens=True, truncation=False)
-    finally:
-        tokenizer.model_max_length = saved_max
-    uses_token_types = "token_type_ids" in batch
-    all_ids, all_types, truncated = [], [] if uses_token_types else None, 0
-    for i, ids in enumerate(batch["input_ids"]):
-        types = batch["token_type_ids"][i] if uses_token_types else None
+    plain = plain_tokenizer(tokenizer)
+    has_pairs = pairs is not None and any(p is not None for p in pairs)
+    inputs = list(zip(texts, pairs, strict=True)) if has_pairs else texts
+    encodings = plain.encode_batch(inputs, add_special_tokens=True)
+    all_ids, all_types, truncated = [], [], 0
+    for encoding in encodings:
+        ids, types = encoding.ids, encoding.type_ids
         if len(ids) > max_length:
             truncated += 1
-            sequence_ids = batch.sequence_ids(i)
+            sequence_ids = encoding.sequence_ids
             segments: dict[int, list[int]] = {}
             for position, seq in enumerate(sequence_ids):
                 if seq is not None:
@@ -93,30 +101,49 @@ def encode_examples(
             budgets = _segment_budgets([len(segments[s]) for s in order], max_length - n_special)
             kept = {p for s, b in zip(order, budgets, strict=True) for p in _keep(segments[s], b, truncation)}
             keep = [p for p, seq in enumerate(sequence_ids) if seq is None or p in kept]
-            ids = [ids[p] for p in keep]
-            types = [types[p] for p in keep] if types is not None else None
+            ids, types = [ids[p] for p in keep], [types[p] for p in keep]
         all_ids.append(ids)
-        if all_types is not None:
-            all_types.append(types)
+        all_types.append(types)
+    return all_ids, all_types, truncated
+
+
+def encode_examples(
+    tokenizer,
+    examples: list[Example],
+    label2id: dict[str, int] | None,
+    max_length: int,
+    truncation: str = "head",
+) -> EncodedSplit:
+    """Tokenise examples; cut each to ``max_length`` tokens with ``truncation``."""
+    ids, types, truncated = encode_texts(tokenizer, [e.text for e in examples], [e.text_pair for e in examples],
+                                         max_length, truncation)
     labels = [label2id[e.label] for e in examples] if label2id is not None else [-1] * len(examples)
-    return EncodedSplit(all_ids, all_types, labels, truncated, [len(x) for x in all_ids])
+    return EncodedSplit(ids, types, labels, truncated, [len(x) for x in ids])
 
 
-def pad_batch(split: EncodedSplit, indices: list[int], pad_token_id: int) -> dict:
-    """Pad a batch to its longest member (dynamic padding), as torch tensors."""
+def pad_arrays(input_ids: list[list[int]], token_type_ids: list[list[int]], pad_token_id: int) -> dict:
+    """Pad to the longest member (dynamic padding), as int64 numpy arrays."""
+    import numpy as np
+
+    width = max(len(x) for x in input_ids)
+    ids = np.full((len(input_ids), width), pad_token_id, dtype=np.int64)
+    mask = np.zeros((len(input_ids), width), dtype=np.int64)
+    types = np.zeros((len(input_ids), width), dtype=np.int64)
+    for row, (row_ids, row_types) in enumerate(zip(input_ids, token_type_ids, strict=True)):
+        ids[row, :len(row_ids)] = row_ids
+        mask[row, :len(row_ids)] = 1
+        types[row, :len(row_types)] = row_types
+    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+
+
+def pad_batch(split: EncodedSplit, indices: list[int], pad_token_id: int, with_token_types: bool = True) -> dict:
+    """A padded training/evaluation batch as torch tensors, labels included."""
     import torch
 
-    width = max(split.lengths[i] for i in indices)
-    ids = torch.full((len(indices), width), pad_token_id, dtype=torch.long)
-    mask = torch.zeros((len(indices), width), dtype=torch.long)
-    types = torch.zeros((len(indices), width), dtype=torch.long) if split.token_type_ids is not None else None
-    for row, i in enumerate(indices):
-        n = split.lengths[i]
-        ids[row, :n] = torch.tensor(split.input_ids[i])
-        mask[row, :n] = 1
-        if types is not None:
-            types[row, :n] = torch.tensor(split.token_type_ids[i])
-    batch = {"input_ids": ids, "attention_mask": mask, "labels": torch.tensor([split.labels[i] for i in indices])}
-    if types is not None:
-        batch["token_type_ids"] = types
+    arrays = pad_arrays([split.input_ids[i] for i in indices], [split.token_type_ids[i] for i in indices],
+                        pad_token_id)
+    if not with_token_types:
+        del arrays["token_type_ids"]
+    batch = {name: torch.from_numpy(array) for name, array in arrays.items()}
+    batch["labels"] = torch.tensor([split.labels[i] for i in indices])
     return batch

@@ -108,13 +108,13 @@ def _batches(split: EncodedSplit, batch_size: int, shuffle_seed: int | None) -> 
     return [order[i:i + batch_size].tolist() for i in range(0, len(order), batch_size)]
 
 
-def _loader(split: EncodedSplit, batch_size: int, pad_id: int, shuffle_seed: int | None):
+def _loader(split: EncodedSplit, batch_size: int, pad_id: int, shuffle_seed: int | None, token_types: bool = True):
     import torch
     from torch.utils.data import DataLoader
 
     batches = _batches(split, batch_size, shuffle_seed)
     def collate(indices: list[int]) -> dict:
-        batch = pad_batch(split, indices, pad_id)
+        batch = pad_batch(split, indices, pad_id, token_types)
         batch["example_index"] = torch.tensor(indices)  # evaluation restores the file's order
         return batch
 
@@ -308,6 +308,7 @@ def _run(config: TrainConfig, output: Path, work: Path, state: dict | None) -> T
                               gradient_accumulation_steps=config.grad_accum)
     progress = config.progress and accelerator.is_main_process
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    token_types = "token_type_ids" in tokenizer.model_input_names  # DistilBERT has none
 
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr,
                                   weight_decay=config.weight_decay)
@@ -334,7 +335,7 @@ def _run(config: TrainConfig, output: Path, work: Path, state: dict | None) -> T
         if progress:
             print(f"resuming {output} after epoch {start_epoch} (step {step})", file=sys.stderr)
 
-    valid_loader = accelerator.prepare(_loader(encoded["valid"], config.batch_size * 2, pad_id, None))
+    valid_loader = accelerator.prepare(_loader(encoded["valid"], config.batch_size * 2, pad_id, None, token_types))
     record = {
         "config": asdict(config),
         "resolved": {"model_path": resolved.path, "model_source": resolved.source, "lr": lr,
@@ -358,7 +359,8 @@ def _run(config: TrainConfig, output: Path, work: Path, state: dict | None) -> T
             model.train()
             # the epoch's own seed: a resumed run sees the same batches and dropout masks
             torch.manual_seed(config.seed + epoch)
-            loader = accelerator.prepare(_loader(encoded["train"], config.batch_size, pad_id, config.seed + epoch))
+            loader = accelerator.prepare(_loader(encoded["train"], config.batch_size, pad_id, config.seed + epoch,
+                                                 token_types))
             epoch_start, losses = time.perf_counter(), []
             bar = tqdm(total=min(steps_per_epoch, total_steps - step), desc=f"epoch {epoch + 1}/{epochs}",
                        disable=not progress, file=sys.stderr)
@@ -422,7 +424,7 @@ def _run(config: TrainConfig, output: Path, work: Path, state: dict | None) -> T
 
     # Test the best epoch's weights.
     _load_trainable_state(unwrapped, work / "best")
-    test_loader = accelerator.prepare(_loader(encoded["test"], config.batch_size * 2, pad_id, None))
+    test_loader = accelerator.prepare(_loader(encoded["test"], config.batch_size * 2, pad_id, None, token_types))
     test_metrics, _, test_probabilities = evaluate(model, test_loader, accelerator, progress, "testing")
     memory = {"peak_rss_mb": peak_rss_mb()}
     if device == "cuda":

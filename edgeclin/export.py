@@ -1,0 +1,393 @@
+"""``edgeclin export``: a run (or merged / HF folder) -> a checked, self-describing ONNX bundle.
+
+Each step is one small function, usable on its own:
+
+1. ``merge`` an adapter first (LoRA models exported unmerged are wrong: peft #670, #901);
+2. ``export_onnx``: optimum-onnx's exporter, dynamic batch and sequence axes;
+3. ``optimize_onnx`` (``--optimize``): onnxruntime's transformer fusions;
+4. ``quantize_dynamic`` / ``quantize_static`` (``--int8``): int8 with the CPU's preset;
+5. ``evaluate`` every variant with the task metric, and gate int8 on its drop against fp32
+   (optimum's own export check only warns: optimum #978);
+6. ``write_bundle``: files, manifest with checksums, renamed into place only when complete.
+"""
+
+from __future__ import annotations
+
+import platform
+import shutil
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edgeclin import runs
+from edgeclin.errors import EdgeclinError
+from edgeclin.merge import RunFolder, load_torch_model, merge, open_model_folder, run_examples, torch_logits
+from edgeclin.runtime import BUNDLE_FORMAT, MANIFEST, MODEL_FILE, Classifier, sha256_of
+
+ISAS = ("avx2", "avx512", "avx512_vnni", "arm64")
+QUANTIZE_OPS = {
+    # optimum's default dynamic op set: Gather too, i.e. the embedding table (half a MiniLM's bytes)
+    "all": None,
+    "matmul": ["MatMul", "Attention"],
+}
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
+                   "merges.txt", "vocab.json", "sentencepiece.bpe.model", "spm.model")
+GATE_METRIC = "macro_f1"
+
+
+def detect_isa() -> str:
+    """The quantisation preset that fits this CPU (onnxruntime #6695: the wrong one is slower)."""
+    from edgeclin.hardware import cpu_flags
+
+    if platform.machine().lower() in ("aarch64", "arm64"):
+        return "arm64"
+    flags = cpu_flags()
+    if "avx512_vnni" in flags:
+        return "avx512_vnni"
+    if "avx512f" in flags:
+        return "avx512"
+    return "avx2"
+
+
+def export_onnx(model_dir: Path, out_dir: Path, opset: int | None = None) -> Path:
+    """Export with optimum-onnx (dynamic batch/sequence axes); returns the .onnx path."""
+    from optimum.exporters.onnx import main_export
+
+    # optimum's validation only warns on mismatches; the task-metric gate below is the check
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer warnings about constants are expected and harmless
+        main_export(str(model_dir), output=out_dir, task="text-classification", opset=opset, do_validation=False,
+                    local_files_only=True, trust_remote_code=False)
+    return out_dir / MODEL_FILE
+
+
+def optimize_onnx(onnx_path: Path, out_path: Path, model_config: dict) -> Path:
+    """onnxruntime's transformer optimiser: attention, LayerNorm and GELU fusions."""
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    heads = model_config.get("num_attention_heads") or model_config.get("n_heads") or 0
+    hidden = model_config.get("hidden_size") or model_config.get("dim") or 0
+    optimized = optimize_model(str(onnx_path), model_type="bert", num_heads=heads, hidden_size=hidden,
+                               opt_level=1, use_gpu=False)
+    optimized.save_model_to_file(str(out_path))
+    return out_path
+
+
+def quantize_dynamic(onnx_path: Path, out_path: Path, isa: str, quantize: str, per_channel: bool) -> Path:
+    """Dynamic int8 through optimum's ``ORTQuantizer`` with the ISA's preset."""
+    from optimum.onnxruntime import ORTQuantizer
+    from optimum.onnxruntime.configuration import AutoQuantizationConfig
+
+    preset = getattr(AutoQuantizationConfig, isa)
+    qconfig = preset(is_static=False, per_channel=per_channel, operators_to_quantize=QUANTIZE_OPS[quantize])
+    with tempfile.TemporaryDirectory(dir=out_path.parent) as scratch:
+        quantizer = ORTQuantizer.from_pretrained(onnx_path.parent, file_name=onnx_path.name)
+        quantizer.quantize(save_dir=scratch, quantization_config=qconfig, file_suffix="int8")
+        produced = next(Path(scratch).glob("*int8.onnx"))
+        shutil.move(str(produced), out_path)
+    return out_path
+
+
+def quantize_static(onnx_path: Path, out_path: Path, calibration: list[dict], per_channel: bool) -> Path:
+    """Calibrated static int8 (QDQ) on MatMul only.
+
+    LayerNorm, GELU, Softmax and the residual Adds stay in float: quantising them is what makes
+    static int8 lose accuracy on transformers (optimum #151, onnxruntime #8770).
+    """
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType
+    from onnxruntime.quantization import quantize_static as ort_quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter(calibration)
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    ort_quantize_static(
+        str(onnx_path), str(out_path), Reader(), quant_format=QuantFormat.QDQ, op_types_to_quantize=["MatMul"],
+        per_channel=per_channel, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+        # a model fused by the optimiser otherwise fails with "Unable to find data type for weight_name"
+        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+    )
+    return out_path
+
+
+@dataclass
+class Variant:
+    name: str
+    path: Path
+    settings: dict
+    metrics: dict = field(default_factory=dict)
+    drop: float | None = None  # gate-metric points lost against fp32 ONNX
+    passed: bool | None = None
+
+    @property
+    def size(self) -> int:
+        return self.path.stat().st_size
+
+
+def evaluate(classifier: Classifier, examples: list) -> dict:
+    from edgeclin.metrics import classification_metrics
+
+    probabilities = classifier.predict([e.text for e in examples], [e.text_pair for e in examples]).probabilities
+    label2id = {label: i for i, label in enumerate(classifier.labels)}
+    return classification_metrics([label2id[e.label] for e in examples], probabilities)
+
+
+def source_metrics(run: RunFolder, examples: list) -> dict:
+    """The PyTorch model's metrics (fp32, unmerged adapter if any): what the bundle must match."""
+    from edgeclin.encoding import encode_examples
+    from edgeclin.metrics import classification_metrics
+    from edgeclin.models import load_tokenizer
+
+    tokenizer = load_tokenizer(str(run.path))
+    label2id = {label: i for i, label in enumerate(run.labels)}
+    config = run.config
+    encoded = encode_examples(tokenizer, examples, label2id, config.get("max_length", 256),
+                              config.get("truncation", "head"))
+    logits = torch_logits(load_torch_model(run), encoded, tokenizer.pad_token_id or 0,
+                          "token_type_ids" in tokenizer.model_input_names)
+    import numpy as np
+
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return classification_metrics(encoded.labels, shifted / shifted.sum(axis=1, keepdims=True))
+
+
+def int8_candidates(quantize: str, per_channel: bool) -> list[dict]:
+    """The requested setting first, then the others; none is assumed safer (PITFALLS 6)."""
+    order = [(quantize, per_channel)] + [(q, p) for q in ("all", "matmul") for p in (False, True)]
+    return [{"quantize": q, "per_channel": p} for q, p in dict.fromkeys(order)]
+
+
+def _print_table(variants: list[Variant], source: dict | None, fp32_size: int) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"export gate ({GATE_METRIC.replace('_', '-')}, points)")
+    for column in ("variant", "macro-F1", "accuracy", "size MB", "size vs fp32", "drop", "gate"):
+        table.add_column(column, justify="left" if column == "variant" else "right")
+    if source:
+        table.add_row("pytorch fp32 (source)", f"{100 * source[GATE_METRIC]:.1f}", f"{100 * source['accuracy']:.1f}",
+                      "", "", "", "")
+    for v in variants:
+        gate = "" if v.passed is None else ("pass" if v.passed else "FAIL")
+        table.add_row(v.name, f"{100 * v.metrics[GATE_METRIC]:.1f}", f"{100 * v.metrics['accuracy']:.1f}",
+                      f"{v.size / 1e6:.1f}", f"{v.size / fp32_size:.2f}x",
+                      "" if v.drop is None else f"{v.drop:+.2f}", gate)
+    Console(stderr=True, width=120).print(table)
+
+
+@dataclass
+class ExportResult:
+    bundle: Path
+    manifest: dict
+
+
+def export(
+    source: str | Path,
+    output: str | Path | None = None,
+    *,
+    int8: bool = False,
+    optimize: bool = False,
+    opset: int | None = None,
+    quantize: str = "all",
+    per_channel: bool = False,
+    isa: str = "auto",
+    static: bool = False,
+    calibration: int = 300,
+    max_drop: float = 1.0,
+    force: bool = False,
+    eval_data: str | Path | None = None,
+    overwrite: bool = False,
+    quiet: bool = False,
+) -> ExportResult:
+    """Export a run, merged folder or HF classifier folder to a gated ONNX bundle."""
+    run = open_model_folder(source)
+    output = Path(output) if output else Path("export") / run.name
+    if output.exists() and not overwrite:
+        raise EdgeclinError(f"bundle folder {output} already exists (use --overwrite to replace it)")
+    if quantize not in QUANTIZE_OPS:
+        raise EdgeclinError(f"--quantize must be one of {', '.join(QUANTIZE_OPS)}")
+    isa = detect_isa() if isa == "auto" else isa
+    if isa not in ISAS:
+        raise EdgeclinError(f"--isa must be auto or one of {', '.join(ISAS)}")
+    test_examples = run_examples(run, "test", eval_data)  # fails early if the data is missing
+    if not test_examples:
+        raise EdgeclinError("no test examples with known labels to check the export against")
+
+    def say(message: str) -> None:
+        if not quiet:
+            print(message, file=sys.stderr)
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
+    try:
+        timings: dict[str, float] = {}
+        start = time.perf_counter()
+        model_dir = run.path
+        if run.is_adapter:
+            say("merging the adapter (fp32, verified against the unmerged model) ...")
+            model_dir = merge(run.path, work / "merged", eval_data=eval_data)
+        timings["merge_s"] = time.perf_counter() - start
+        say("exporting to ONNX ...")
+        start = time.perf_counter()
+        onnx_dir = work / "onnx"
+        fp32_path = export_onnx(model_dir, onnx_dir, opset)
+        model_config = runs.read_json(model_dir / "config.json")
+        timings["export_s"] = time.perf_counter() - start
+        config = run.config
+        max_length = int(config.get("max_length", min(512, model_config.get("max_position_embeddings", 512))))
+        tokenizer_json = onnx_dir / "tokenizer.json"
+        if not tokenizer_json.exists():
+            raise EdgeclinError(f"{model_dir} has no fast tokenizer (tokenizer.json); edgeclin needs one")
+        pad_id = _pad_token_id(onnx_dir)
+
+        def classifier(path: Path) -> Classifier:
+            return Classifier(path, tokenizer_json, run.labels, max_length=max_length,
+                              truncation=config.get("truncation", "head"), pad_token_id=pad_id,
+                              vocab_size=model_config.get("vocab_size"))
+
+        say(f"evaluating on {len(test_examples)} test examples ...")
+        start = time.perf_counter()
+        source = source_metrics(run, test_examples)
+        fp32 = Variant("onnx fp32", fp32_path, {"quantization": None})
+        fp32.metrics = evaluate(classifier(fp32_path), test_examples)
+        variants = [fp32]
+        base = fp32
+        if optimize:
+            optimized = Variant("onnx fp32 optimized", optimize_onnx(fp32_path, work / "optimized.onnx",
+                                                                    model_config), {"optimized": True})
+            optimized.metrics = evaluate(classifier(optimized.path), test_examples)
+            optimized.drop = 100 * (fp32.metrics[GATE_METRIC] - optimized.metrics[GATE_METRIC])
+            optimized.passed = optimized.drop <= max_drop
+            variants.append(optimized)
+            if optimized.passed:
+                base = optimized
+        chosen = base
+        if int8:
+            candidates = int8_candidates(quantize, per_channel)
+            if static:
+                candidates.insert(0, {"static": True, "calibration": calibration, "per_channel": per_channel})
+            chosen = None
+            for i, settings in enumerate(candidates):
+                path = work / f"int8-{i}.onnx"
+                if settings.get("static"):
+                    name = f"int8 static QDQ MatMul ({calibration} calibration texts)"
+                    quantize_static(base.path, path, _calibration_batches(run, classifier(base.path), calibration),
+                                    per_channel)
+                else:
+                    name = (f"int8 dynamic {isa} {settings['quantize']} "
+                            f"{'per-channel' if settings['per_channel'] else 'per-tensor'}")
+                    quantize_dynamic(base.path, path, isa, settings["quantize"], settings["per_channel"])
+                variant = Variant(name, path, {"isa": isa, "mode": "static" if settings.get("static") else "dynamic",
+                                               **settings})
+                variant.metrics = evaluate(classifier(path), test_examples)
+                variant.drop = 100 * (fp32.metrics[GATE_METRIC] - variant.metrics[GATE_METRIC])
+                variant.passed = variant.drop <= max_drop
+                variants.append(variant)
+                say(f"  {name}: {GATE_METRIC} {100 * variant.metrics[GATE_METRIC]:.1f} "
+                    f"({variant.drop:+.2f} points) {'pass' if variant.passed else 'FAIL'}")
+                if variant.passed:
+                    chosen = variant
+                    break
+        timings["evaluate_s"] = time.perf_counter() - start
+        if not quiet:
+            _print_table(variants, source, fp32.size)
+        if chosen is None:
+            if not force:
+                raise EdgeclinError(f"every int8 setting lost more than {max_drop} {GATE_METRIC} points; "
+                                    "no bundle written (--force writes the requested one anyway, "
+                                    "--max-drop changes the limit)")
+            chosen = variants[2 if optimize else 1]
+            say(f"--force: writing {chosen.name} although it failed the gate")
+        manifest = {
+            "format_version": BUNDLE_FORMAT,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "task": "single_label_classification",
+            "source": {"path": str(run.path.resolve()), "kind": "adapter run" if run.is_adapter else
+                       ("run" if run.record else "model folder"), "method": config.get("method"),
+                       "model": config.get("model"), "git_commit": (run.record or {}).get("git_commit")},
+            "labels": run.labels,
+            "max_length": max_length,
+            "truncation": config.get("truncation", "head"),
+            "text_pair": bool(config.get("text_pair_col")),
+            "columns": {"text": config.get("text_col", "text"), "text_pair": config.get("text_pair_col"),
+                        "label": config.get("label_col", "label")},
+            "pad_token_id": pad_id,
+            "vocab_size": model_config.get("vocab_size"),
+            "model_type": model_config.get("model_type"),
+            "opset": _opset_of(chosen.path),
+            "optimized": chosen is not fp32 and (optimize and base is not fp32),
+            "quantization": chosen.settings if chosen.name.startswith("int8") else None,
+            "isa": isa,
+            "gate": {
+                "metric": GATE_METRIC, "max_drop_points": max_drop, "eval_examples": len(test_examples),
+                "eval_data": str(eval_data) if eval_data else "the source run's test split",
+                "source_pytorch_fp32": source, "forced": chosen.passed is False,
+                "variants": [{"name": v.name, "settings": v.settings, "metrics": v.metrics, "bytes": v.size,
+                              "drop_points": v.drop, "passed": v.passed} for v in variants],
+            },
+            "chosen": chosen.name,
+            "timings": timings,
+            "versions": runs.library_versions(),
+            "git_commit": runs.git_commit(),
+        }
+        bundle = write_bundle(work / "bundle", chosen.path, onnx_dir, run.labels, manifest)
+        if output.exists():
+            shutil.rmtree(output)
+        bundle.rename(output)
+        return ExportResult(bundle=output, manifest=runs.read_json(output / MANIFEST))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def write_bundle(folder: Path, model: Path, source_dir: Path, labels: list[str], manifest: dict) -> Path:
+    """Assemble model.onnx, tokenizer files, config, labels and the checksummed manifest."""
+    folder.mkdir(parents=True)
+    shutil.copyfile(model, folder / MODEL_FILE)
+    for name in (*TOKENIZER_FILES, "config.json"):
+        if (source_dir / name).exists():
+            shutil.copyfile(source_dir / name, folder / name)
+    runs.write_json(folder / runs.LABELS, {"labels": labels})
+    manifest["files"] = {p.name: {"bytes": p.stat().st_size, "sha256": sha256_of(p)}
+                         for p in sorted(folder.iterdir()) if p.name != MANIFEST}
+    runs.write_json(folder / MANIFEST, manifest)
+    return folder
+
+
+def _pad_token_id(folder: Path) -> int:
+    config = runs.read_json(folder / "config.json")
+    if config.get("pad_token_id") is not None:
+        return int(config["pad_token_id"])
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    for token in ("[PAD]", "<pad>"):
+        if tokenizer.token_to_id(token) is not None:
+            return tokenizer.token_to_id(token)
+    return 0
+
+
+def _opset_of(path: Path) -> int | None:
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+
+
+def _calibration_batches(run: RunFolder, classifier: Classifier, count: int) -> list[dict]:
+    from edgeclin.encoding import encode_texts, pad_arrays
+
+    examples = run_examples(run, "train")[:count]
+    ids, types, _ = encode_texts(classifier.tokenizer, [e.text for e in examples],
+                                 [e.text_pair for e in examples], classifier.max_length, classifier.truncation)
+    batches = []
+    for start in range(0, len(ids), 8):
+        arrays = pad_arrays(ids[start:start + 8], types[start:start + 8], classifier.pad_token_id)
+        batches.append({name: arrays[name] for name in classifier.input_names})
+    return batches

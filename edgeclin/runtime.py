@@ -1,0 +1,145 @@
+"""Torch-free inference from an exported bundle: onnxruntime + tokenizers, nothing else.
+
+    from edgeclin import runtime
+    bundle = runtime.load("export/my-run")
+    result = bundle.predict(["Chest pain radiating to the left arm ..."])
+    result.labels, result.probabilities
+
+Loading verifies every file against the manifest's sha256, so a changed or incomplete
+bundle is refused before it can give wrong answers. This module (and what it imports)
+must never import torch or transformers; a test checks it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgeclin.encoding import encode_texts, pad_arrays
+from edgeclin.errors import EdgeclinError
+
+MANIFEST = "manifest.json"
+BUNDLE_FORMAT = 1
+MODEL_FILE = "model.onnx"
+ALLOWED_INPUTS = {"input_ids", "attention_mask", "token_type_ids"}
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify_bundle(path: Path) -> dict:
+    """Check the manifest's file list, sizes and checksums; return the manifest."""
+    if not path.is_dir():
+        raise EdgeclinError(f"no such bundle folder: {path}")
+    manifest_path = path / MANIFEST
+    if not manifest_path.exists():
+        raise EdgeclinError(f"{path} is not an edgeclin bundle (no {MANIFEST}); create one with edgeclin export")
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise EdgeclinError(f"{manifest_path}, line {exc.lineno}, column {exc.colno}: invalid JSON") from None
+    if manifest.get("format_version") != BUNDLE_FORMAT:
+        raise EdgeclinError(f"{manifest_path}: unsupported bundle format {manifest.get('format_version')!r}")
+    files = manifest.get("files", {})
+    if MODEL_FILE not in files:
+        raise EdgeclinError(f"{manifest_path}: the manifest lists no {MODEL_FILE}")
+    for name, expected in files.items():
+        file = path / name
+        if not file.exists():
+            raise EdgeclinError(f"bundle {path} is incomplete: {name} is missing")
+        if file.stat().st_size != expected["bytes"] or sha256_of(file) != expected["sha256"]:
+            raise EdgeclinError(f"bundle {path}: {name} has changed since export (checksum mismatch)")
+    return manifest
+
+
+@dataclass
+class Predictions:
+    labels: list[str]
+    probabilities: np.ndarray  # (n, n_labels), columns in ``label_names`` order
+    label_names: list[str]
+
+
+class Classifier:
+    """An ONNX sequence classifier with its tokenizer: tokenise, batch, run, softmax."""
+
+    def __init__(self, model_path: Path, tokenizer_path: Path, labels: list[str], *, max_length: int,
+                 truncation: str = "head", pad_token_id: int = 0, vocab_size: int | None = None,
+                 threads: int | None = None, providers: list[str] | None = None) -> None:
+        import onnxruntime as ort
+        from tokenizers import Tokenizer
+
+        self.model_path, self.labels = Path(model_path), labels
+        self.max_length, self.truncation, self.pad_token_id = max_length, truncation, pad_token_id
+        self.tokenizer = Tokenizer.from_file(str(tokenizer_path))
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(str(model_path), options,
+                                                providers=providers or ["CPUExecutionProvider"])
+        except Exception as exc:
+            raise EdgeclinError(f"{model_path}: onnxruntime cannot load it: {exc}") from None
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self._check_model_fits(vocab_size)
+
+    def _check_model_fits(self, vocab_size: int | None) -> None:
+        """An ONNX file from another model family must not run with this tokenizer and labels."""
+        inputs = set(self.input_names)
+        output = self.session.get_outputs()[0]
+        if not inputs <= ALLOWED_INPUTS or "input_ids" not in inputs:
+            raise EdgeclinError(f"{self.model_path} is not an encoder classifier "
+                                f"(inputs: {', '.join(sorted(inputs))})")
+        width = output.shape[-1] if output.shape else None
+        if output.name != "logits" or (isinstance(width, int) and width != len(self.labels)):
+            raise EdgeclinError(f"{self.model_path} does not fit: its output is {output.name} {output.shape}, "
+                                f"but there are {len(self.labels)} labels")
+        vocab = self.tokenizer.get_vocab_size()
+        if vocab_size is not None and vocab > vocab_size:
+            raise EdgeclinError(f"{self.model_path}: the tokenizer's vocabulary ({vocab}) is larger than the "
+                                f"model's embedding table ({vocab_size}): they come from different models")
+
+    def logits(self, texts: list[str], pairs: list[str | None] | None = None, batch_size: int = 32) -> np.ndarray:
+        """Raw logits, with length-sorted batches and dynamic padding; rows in input order."""
+        ids, types, _ = encode_texts(self.tokenizer, texts, pairs, self.max_length, self.truncation)
+        order = np.argsort([len(x) for x in ids], kind="stable")
+        out = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
+        for start in range(0, len(order), batch_size):
+            rows = order[start:start + batch_size]
+            arrays = pad_arrays([ids[i] for i in rows], [types[i] for i in rows], self.pad_token_id)
+            out[rows] = self.session.run(["logits"], {name: arrays[name] for name in self.input_names})[0]
+        return out
+
+    def predict(self, texts: list[str], pairs: list[str | None] | None = None, batch_size: int = 32) -> Predictions:
+        if not texts:
+            return Predictions([], np.zeros((0, len(self.labels)), dtype=np.float32), self.labels)
+        logits = self.logits(texts, pairs, batch_size)
+        shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+        probabilities = shifted / shifted.sum(axis=1, keepdims=True)
+        return Predictions([self.labels[i] for i in probabilities.argmax(axis=1)], probabilities, self.labels)
+
+
+class Bundle(Classifier):
+    """An exported bundle folder, checked against its manifest before it runs."""
+
+    def __init__(self, path: str | Path, *, threads: int | None = None, verify: bool = True) -> None:
+        self.path = Path(path)
+        self.manifest = verify_bundle(self.path) if verify else json.loads((self.path / MANIFEST).read_text())
+        m = self.manifest
+        super().__init__(self.path / MODEL_FILE, self.path / "tokenizer.json", m["labels"],
+                         max_length=m["max_length"], truncation=m.get("truncation", "head"),
+                         pad_token_id=m.get("pad_token_id", 0), vocab_size=m.get("vocab_size"), threads=threads)
+
+
+def load(path: str | Path, *, threads: int | None = None, verify: bool = True) -> Bundle:
+    """Open a bundle written by ``edgeclin export`` (checksums verified)."""
+    return Bundle(path, threads=threads or int(os.environ.get("EDGECLIN_THREADS", "0")) or None, verify=verify)
