@@ -31,9 +31,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-# Train LoRA on the built-in model and synthetic notes, offline; prints test metrics.
+# The whole path on the built-in model and synthetic notes, offline: train LoRA (prints test
+# metrics), export a gated int8 bundle, and predict the test notes with it (torch-free).
 demo: $(STAMP)
 	$(BIN)/edgeclin train --output runs/demo --overwrite
+	$(BIN)/edgeclin export runs/demo --int8 --output export/demo --overwrite
+	$(BIN)/edgeclin demo-data data/demo
+	$(BIN)/edgeclin predict export/demo --data data/demo/test.csv --output runs/demo-predictions.csv
 
 test: $(STAMP)
 	$(BIN)/ruff check edgeclin tests benchmarks

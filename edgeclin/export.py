@@ -255,6 +255,11 @@ def export(
         say(f"evaluating on {len(test_examples)} test examples ...")
         start = time.perf_counter()
         source = source_metrics(run, test_examples)
+        recorded = _recorded_test_metric(run) if eval_data is None else None
+        if recorded is not None and abs(recorded - source[GATE_METRIC]) > 0.02:
+            # a reloaded model that scores unlike the run did has lost something (its head: peft #577)
+            say(f"warning: the reloaded model scores {GATE_METRIC} {100 * source[GATE_METRIC]:.1f} on the test "
+                f"split, the run recorded {100 * recorded:.1f}")
         fp32 = Variant("onnx fp32", fp32_path, {"quantization": None})
         fp32.metrics = evaluate(classifier(fp32_path), test_examples)
         variants = [fp32]
@@ -358,6 +363,13 @@ def write_bundle(folder: Path, model: Path, source_dir: Path, labels: list[str],
                          for p in sorted(folder.iterdir()) if p.name != MANIFEST}
     runs.write_json(folder / MANIFEST, manifest)
     return folder
+
+
+def _recorded_test_metric(run: RunFolder) -> float | None:
+    metrics_file = run.path / runs.METRICS
+    if not metrics_file.exists():
+        return None
+    return runs.read_json(metrics_file).get("test", {}).get(GATE_METRIC)
 
 
 def _pad_token_id(folder: Path) -> int:

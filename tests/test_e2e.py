@@ -37,3 +37,58 @@ def test_train_lora_on_mtsamples_slice(tmp_path, monkeypatch):
     assert "pooler.dense" in adapter["target_modules"] and adapter["task_type"] == "SEQ_CLS"
     labels = json.loads((out / "labels.json").read_text())["labels"]
     assert "Orthopedic" in labels and labels == sorted(labels)
+
+
+def test_ade_train_merge_export_predict(tmp_path, monkeypatch):
+    """The whole path on the built-in model: bundle predictions match the PyTorch model's."""
+    import numpy as np
+
+    from edgeclin import runtime
+    from edgeclin.data import Columns, read_split
+    from edgeclin.export import export
+    from edgeclin.merge import merge
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    data = shared_dataset("ade_corpus")
+    run = tmp_path / "run"
+    result = CliRunner().invoke(main, ["train", "--data", str(data), "--limit", "64", "--max-length", "64",
+                                       "--max-steps", "6", "--batch-size", "16", "-o", str(run), "--quiet"])
+    assert result.exit_code == 0, (result.output, result.exception)
+    merged = merge(run, tmp_path / "merged")
+    assert json.loads((merged / "merge.json").read_text())["max_abs_logit_diff"] <= 1e-4
+
+    fp32 = export(run, tmp_path / "fp32", quiet=True)
+    int8 = export(merged, tmp_path / "int8", int8=True, max_drop=100.0, quiet=True,
+                  eval_data=None)
+    # the merged folder carries the run's record, so it is gated on the same test split
+    assert int8.manifest["gate"]["eval_examples"] == fp32.manifest["gate"]["eval_examples"] == 64
+    assert (tmp_path / "int8" / "model.onnx").stat().st_size < 0.35 * (merged / "model.safetensors").stat().st_size
+
+    out = tmp_path / "pred.csv"
+    test_file = tmp_path / "test.csv"
+    examples = read_split(data / "test.csv", "test", Columns()).examples[:50]
+    import csv
+
+    with test_file.open("w", newline="") as handle:
+        csv.writer(handle).writerows([("text", "label"), *((e.text, e.label) for e in examples)])
+    result = CliRunner().invoke(main, ["predict", str(tmp_path / "int8"), "--data", str(test_file), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+
+    # PyTorch reference: the merged model through transformers
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    model = AutoModelForSequenceClassification.from_pretrained(merged).eval()
+    tokenizer = AutoTokenizer.from_pretrained(merged)
+    texts = [e.text for e in examples]
+    with torch.no_grad():
+        reference = torch.softmax(model(**tokenizer(texts, return_tensors="pt", padding=True, truncation=True,
+                                                    max_length=64)).logits, -1).numpy()
+    fp32_probs = runtime.load(tmp_path / "fp32").predict(texts).probabilities
+    assert np.abs(fp32_probs - reference).max() < 1e-4
+    import csv as csv_module
+
+    predicted = [row["label"] for row in csv_module.DictReader(out.open())]
+    labels = json.loads((merged / "labels.json").read_text())["labels"]
+    agreement = np.mean([p == labels[i] for p, i in zip(predicted, reference.argmax(1), strict=True)])
+    assert agreement >= 0.9

@@ -1,0 +1,198 @@
+"""merge, export and the torch-free runtime, on a tiny random BERT trained for a few steps."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from edgeclin import runtime
+from edgeclin.cli import main
+from edgeclin.data import Columns, read_split
+from edgeclin.errors import EdgeclinError
+from edgeclin.export import export
+from edgeclin.merge import load_torch_model, merge, open_model_folder
+from edgeclin.train import TrainConfig, train
+
+
+@pytest.fixture(scope="module")
+def lora_run(tiny_bert, demo_folder, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "lora"
+    return train(TrainConfig(model=str(tiny_bert), data=str(demo_folder), output=str(out), epochs=2, lr=5e-3,
+                             max_length=48, precision="fp32", progress=False))
+
+
+@pytest.fixture(scope="module")
+def bundle(lora_run, tmp_path_factory):
+    return export(lora_run.output, tmp_path_factory.mktemp("export") / "bundle", int8=True, quiet=True,
+                  max_drop=100.0).bundle
+
+
+
+def test_merge_is_verified_and_loads_as_plain_model(lora_run, demo_folder, tmp_path):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    merged_dir = merge(lora_run.output, tmp_path / "merged")
+    record = json.loads((merged_dir / "merge.json").read_text())
+    assert record["max_abs_logit_diff"] <= 1e-4 and record["checked_inputs"] == 40
+    assert (merged_dir / "model.safetensors").exists() and not (merged_dir / "adapter_config.json").exists()
+
+    merged = AutoModelForSequenceClassification.from_pretrained(merged_dir).eval()
+    tokenizer = AutoTokenizer.from_pretrained(merged_dir)
+    tests = [e.text for e in read_split(demo_folder / "test.csv", "test", Columns()).examples]
+    with torch.no_grad():
+        logits = merged(**tokenizer(tests, return_tensors="pt", padding=True, truncation=True, max_length=48)).logits
+    # the trained head survived merging: the plain model predicts what training measured
+    assert np.allclose(torch.softmax(logits, -1).numpy(), lora_run.test_probabilities, atol=1e-5)
+    assert merged.config.id2label[0] == json.loads((merged_dir / "labels.json").read_text())["labels"][0]
+
+
+def test_full_run_passes_through_and_bad_folders_are_refused(tiny_bert, demo_folder, tmp_path):
+    full = train(TrainConfig(model=str(tiny_bert), data=str(demo_folder), output=str(tmp_path / "full"),
+                             method="full", epochs=1, max_length=48, precision="fp32", progress=False))
+    assert merge(full.output) == full.output
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(EdgeclinError, match="holds no model"):
+        merge(tmp_path / "empty")
+    with pytest.raises(EdgeclinError, match="no such folder"):
+        export(tmp_path / "missing")
+
+
+def test_bundle_is_complete_and_self_describing(bundle, lora_run):
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    names = {p.name for p in bundle.iterdir()}
+    assert {"model.onnx", "tokenizer.json", "config.json", "labels.json", "manifest.json"} <= names
+    assert set(manifest["files"]) == names - {"manifest.json"}
+    assert manifest["quantization"]["mode"] == "dynamic" and manifest["isa"] in ("avx2", "avx512", "avx512_vnni",
+                                                                                "arm64")
+    assert manifest["source"]["method"] == "lora" and manifest["max_length"] == 48
+    gate = manifest["gate"]
+    assert gate["variants"][0]["name"] == "onnx fp32" and gate["variants"][1]["passed"]
+    assert manifest["opset"] >= 11
+    fp32, int8 = gate["variants"][0], gate["variants"][1]
+    assert int8["bytes"] < fp32["bytes"]
+    # fp32 ONNX reproduces the PyTorch model on the test split
+    assert fp32["metrics"]["macro_f1"] == pytest.approx(gate["source_pytorch_fp32"]["macro_f1"], abs=1e-9)
+
+
+def test_bundle_loads_in_plain_onnxruntime_and_optimum(bundle):
+    import onnxruntime as ort
+    from optimum.onnxruntime import ORTModelForSequenceClassification
+    from transformers import AutoTokenizer
+
+    session = ort.InferenceSession(str(bundle / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert {i.name for i in session.get_inputs()} >= {"input_ids", "attention_mask"}
+    model = ORTModelForSequenceClassification.from_pretrained(bundle, file_name="model.onnx")
+    tokenizer = AutoTokenizer.from_pretrained(bundle)
+    text = ["patient with a productive cough and wheezing at night"]
+    logits = model(**tokenizer(text, return_tensors="pt")).logits.numpy()
+    ours = runtime.load(bundle).logits(text)
+    assert np.allclose(logits, ours, atol=1e-4)
+
+
+def test_fp32_export_matches_pytorch(lora_run, demo_folder, tmp_path):
+    result = export(lora_run.output, tmp_path / "fp32", quiet=True)
+    assert result.manifest["quantization"] is None
+    tests = read_split(demo_folder / "test.csv", "test", Columns()).examples
+    probabilities = runtime.load(result.bundle).predict([e.text for e in tests]).probabilities
+    assert np.allclose(probabilities, lora_run.test_probabilities, atol=1e-4)
+
+
+def test_gate_failure_leaves_no_bundle_unless_forced(lora_run, tmp_path):
+    out = tmp_path / "gated"
+    with pytest.raises(EdgeclinError, match="no bundle written"):
+        export(lora_run.output, out, int8=True, max_drop=-100.0, quiet=True)  # nothing can pass
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".gated")]
+    forced = export(lora_run.output, out, int8=True, max_drop=-100.0, force=True, quiet=True)
+    assert forced.manifest["gate"]["forced"] is True
+    assert len(forced.manifest["gate"]["variants"]) == 5  # fp32 + all four dynamic settings were tried
+
+
+def test_optimize_and_static_variants(lora_run, tmp_path):
+    result = export(lora_run.output, tmp_path / "static", int8=True, optimize=True, static=True, calibration=16,
+                    quantize="matmul", max_drop=100.0, quiet=True)
+    names = [v["name"] for v in result.manifest["gate"]["variants"]]
+    assert names[1] == "onnx fp32 optimized" and names[2].startswith("int8 static QDQ")
+    assert result.manifest["quantization"]["mode"] == "static"
+    assert runtime.load(result.bundle).predict(["knee pain after a fall"]).labels
+
+
+def test_predict_cli_reproduces_gate_metric(bundle, demo_folder, tmp_path):
+    out = tmp_path / "pred.jsonl"
+    result = CliRunner().invoke(main, ["predict", str(bundle), "--data", str(demo_folder / "test.csv"), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 40 and {"text", "true_label", "label"} <= set(rows[0])
+    summary = json.loads((tmp_path / "pred.jsonl.metrics.json").read_text())
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    chosen = next(v for v in manifest["gate"]["variants"] if v["name"] == manifest["chosen"])
+    assert summary["metrics"]["macro_f1"] == pytest.approx(chosen["metrics"]["macro_f1"])
+    csv_out = tmp_path / "pred.csv"
+    result = CliRunner().invoke(main, ["predict", str(bundle), "--data", str(demo_folder / "test.csv"), "-o",
+                                       str(csv_out)])
+    assert result.exit_code == 0 and csv_out.read_text().startswith("text,true_label,label,p_")
+
+
+def test_runtime_never_imports_torch(bundle, demo_folder):
+    code = (
+        "import sys; from edgeclin import runtime; from edgeclin.predict import predict_file; "
+        f"b = runtime.load({str(bundle)!r}); print(b.predict(['chest pain']).labels); "
+        f"predict_file({str(bundle)!r}, {str(demo_folder / 'test.csv')!r}, None); "
+        "from edgeclin.cli import main; "
+        "bad = [m for m in ('torch', 'transformers', 'optimum', 'peft') if m in sys.modules]; "
+        "assert not bad, bad"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_tampered_or_incomplete_bundle_is_refused(bundle, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(bundle, copy)
+    with (copy / "tokenizer.json").open("a") as handle:
+        handle.write(" ")
+    with pytest.raises(EdgeclinError, match="tokenizer.json has changed since export"):
+        runtime.load(copy)
+    shutil.rmtree(copy)
+    shutil.copytree(bundle, copy)
+    (copy / "model.onnx").unlink()
+    result = CliRunner().invoke(main, ["predict", str(copy), "--data", "whatever.csv"])
+    assert result.exit_code == 2 and "incomplete: model.onnx is missing" in result.stderr
+    (copy / "manifest.json").unlink()
+    with pytest.raises(EdgeclinError, match="not an edgeclin bundle"):
+        runtime.load(copy)
+
+
+def test_onnx_from_another_model_is_refused(bundle, tmp_path, tiny_bert):
+    """A model.onnx with another head swapped in (manifest rewritten to match): caught by shape."""
+    from edgeclin.export import export_onnx, write_bundle
+
+    other = export_onnx(tiny_bert, tmp_path / "other")  # the 2-label base model
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    labels = manifest["labels"]
+    for name in ("files",):
+        manifest.pop(name)
+    swapped = write_bundle(tmp_path / "swapped", other, bundle, labels, manifest)
+    with pytest.raises(EdgeclinError, match="does not fit"):
+        runtime.load(swapped)
+
+
+def test_predict_bad_column(bundle, tmp_path):
+    data = tmp_path / "in.csv"
+    data.write_text("note\nchest pain\n")
+    result = CliRunner().invoke(main, ["predict", str(bundle), "--data", str(data)])
+    assert result.exit_code == 2 and "no column 'text' (columns present: note)" in result.stderr
+    result = CliRunner().invoke(main, ["predict", str(bundle), "--data", str(data), "--text-col", "note"])
+    assert result.exit_code == 0 and json.loads(result.stdout.splitlines()[0])["label"] in \
+        json.loads((bundle / "labels.json").read_text())["labels"]
+
+
+def test_source_model_is_the_unmerged_adapter(lora_run):
+    model = load_torch_model(open_model_folder(lora_run.output))
+    assert type(model).__name__ == "PeftModelForSequenceClassification"
