@@ -157,7 +157,7 @@ def test_tampered_or_incomplete_bundle_is_refused(bundle, tmp_path):
     shutil.copytree(bundle, copy)
     with (copy / "tokenizer.json").open("a") as handle:
         handle.write(" ")
-    with pytest.raises(EdgeclinError, match="tokenizer.json has changed since export"):
+    with pytest.raises(EdgeclinError, match=r"tokenizer\.json has changed since export"):
         runtime.load(copy)
     shutil.rmtree(copy)
     shutil.copytree(bundle, copy)
