@@ -69,39 +69,108 @@ class Predictions:
     label_names: list[str]
 
 
-class Classifier:
-    """An ONNX sequence classifier with its tokenizer: tokenise, batch, run, softmax."""
+BACKENDS = ("onnxruntime", "openvino")
 
-    def __init__(self, model_path: Path, tokenizer_path: Path, labels: list[str], *, max_length: int,
-                 truncation: str = "head", pad_token_id: int = 0, vocab_size: int | None = None,
-                 threads: int | None = None, providers: list[str] | None = None) -> None:
+
+def openvino_available() -> bool:
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class OnnxRuntimeEngine:
+    """Runs an ONNX file with onnxruntime's CPU (or given) execution providers."""
+
+    name = "onnxruntime"
+
+    def __init__(self, model_path: Path, threads: int | None = None, providers: list[str] | None = None) -> None:
         import onnxruntime as ort
-        from tokenizers import Tokenizer
 
-        self.model_path, self.labels = Path(model_path), labels
-        self.max_length, self.truncation, self.pad_token_id = max_length, truncation, pad_token_id
-        self.tokenizer = Tokenizer.from_file(str(tokenizer_path))
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
         try:
             self.session = ort.InferenceSession(str(model_path), options,
                                                 providers=providers or ["CPUExecutionProvider"])
-        except Exception as exc:
+        except Exception as exc:  # onnxruntime raises its own exception types
             raise EdgeclinError(f"{model_path}: onnxruntime cannot load it: {exc}") from None
         self.input_names = [i.name for i in self.session.get_inputs()]
+        output = self.session.get_outputs()[0]
+        self.output_name, self.output_shape = output.name, list(output.shape or [])
+
+    def __call__(self, feed: dict[str, np.ndarray]) -> np.ndarray:
+        return self.session.run([self.output_name], feed)[0]
+
+
+class OpenVinoEngine:
+    """Runs the same ONNX file with OpenVINO (torch-free); bf16 where the CPU has AMX/AVX512-BF16."""
+
+    name = "openvino"
+
+    def __init__(self, model_path: Path, threads: int | None = None, precision: str = "auto") -> None:
+        import openvino as ov
+
+        core = ov.Core()
+        if precision == "auto":
+            capabilities = core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+            precision = "bf16" if "BF16" in capabilities else "f32"
+        self.precision = precision
+        config = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY"}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = threads
+        try:
+            self.compiled = core.compile_model(core.read_model(str(model_path)), "CPU", config)
+        except Exception as exc:  # OpenVINO raises RuntimeError subclasses of its own
+            raise EdgeclinError(f"{model_path}: OpenVINO cannot load it: {str(exc).splitlines()[0]}") from None
+        self.input_names = [i.get_any_name() for i in self.compiled.inputs]
+        output = self.compiled.outputs[0]
+        self.output_name = output.get_any_name()
+        self.output_shape = [d.get_length() if d.is_static else None for d in output.get_partial_shape()]
+        self.request = self.compiled.create_infer_request()
+
+    def __call__(self, feed: dict[str, np.ndarray]) -> np.ndarray:
+        result = self.request.infer(feed)
+        return next(iter(result.values())).copy()
+
+
+def make_engine(model_path: Path, backend: str, threads: int | None = None):
+    if backend == "onnxruntime":
+        return OnnxRuntimeEngine(model_path, threads)
+    if backend == "openvino":
+        if not openvino_available():
+            raise EdgeclinError("backend openvino needs the openvino package (pip install openvino)")
+        return OpenVinoEngine(model_path, threads)
+    raise EdgeclinError(f"unknown backend {backend!r} (choose from {', '.join(BACKENDS)})")
+
+
+class Classifier:
+    """An ONNX sequence classifier with its tokenizer: tokenise, batch, run, softmax."""
+
+    def __init__(self, model_path: Path, tokenizer_path: Path, labels: list[str], *, max_length: int,
+                 truncation: str = "head", pad_token_id: int = 0, vocab_size: int | None = None,
+                 threads: int | None = None, backend: str = "onnxruntime") -> None:
+        from tokenizers import Tokenizer
+
+        self.model_path, self.labels = Path(model_path), labels
+        self.max_length, self.truncation, self.pad_token_id = max_length, truncation, pad_token_id
+        self.tokenizer = Tokenizer.from_file(str(tokenizer_path))
+        self.engine = make_engine(self.model_path, backend, threads)
+        self.backend = backend
+        self.input_names = self.engine.input_names
         self._check_model_fits(vocab_size)
 
     def _check_model_fits(self, vocab_size: int | None) -> None:
         """An ONNX file from another model family must not run with this tokenizer and labels."""
         inputs = set(self.input_names)
-        output = self.session.get_outputs()[0]
         if not inputs <= ALLOWED_INPUTS or "input_ids" not in inputs:
             raise EdgeclinError(f"{self.model_path} is not an encoder classifier "
                                 f"(inputs: {', '.join(sorted(inputs))})")
-        width = output.shape[-1] if output.shape else None
-        if output.name != "logits" or (isinstance(width, int) and width != len(self.labels)):
-            raise EdgeclinError(f"{self.model_path} does not fit: its output is {output.name} {output.shape}, "
+        name, shape = self.engine.output_name, self.engine.output_shape
+        width = shape[-1] if shape else None
+        if name != "logits" or (isinstance(width, int) and width != len(self.labels)):
+            raise EdgeclinError(f"{self.model_path} does not fit: its output is {name} {shape}, "
                                 f"but there are {len(self.labels)} labels")
         vocab = self.tokenizer.get_vocab_size()
         if vocab_size is not None and vocab > vocab_size:
@@ -116,7 +185,7 @@ class Classifier:
         for start in range(0, len(order), batch_size):
             rows = order[start:start + batch_size]
             arrays = pad_arrays([ids[i] for i in rows], [types[i] for i in rows], self.pad_token_id)
-            out[rows] = self.session.run(["logits"], {name: arrays[name] for name in self.input_names})[0]
+            out[rows] = self.engine({name: arrays[name] for name in self.input_names})
         return out
 
     def predict(self, texts: list[str], pairs: list[str | None] | None = None, batch_size: int = 32) -> Predictions:
@@ -131,15 +200,23 @@ class Classifier:
 class Bundle(Classifier):
     """An exported bundle folder, checked against its manifest before it runs."""
 
-    def __init__(self, path: str | Path, *, threads: int | None = None, verify: bool = True) -> None:
+    def __init__(self, path: str | Path, *, threads: int | None = None, verify: bool = True,
+                 backend: str = "onnxruntime") -> None:
         self.path = Path(path)
         self.manifest = verify_bundle(self.path) if verify else json.loads((self.path / MANIFEST).read_text())
         m = self.manifest
         super().__init__(self.path / MODEL_FILE, self.path / "tokenizer.json", m["labels"],
                          max_length=m["max_length"], truncation=m.get("truncation", "head"),
-                         pad_token_id=m.get("pad_token_id", 0), vocab_size=m.get("vocab_size"), threads=threads)
+                         pad_token_id=m.get("pad_token_id", 0), vocab_size=m.get("vocab_size"), threads=threads,
+                         backend=backend)
 
 
-def load(path: str | Path, *, threads: int | None = None, verify: bool = True) -> Bundle:
-    """Open a bundle written by ``edgeclin export`` (checksums verified)."""
-    return Bundle(path, threads=threads or int(os.environ.get("EDGECLIN_THREADS", "0")) or None, verify=verify)
+def load(path: str | Path, *, threads: int | None = None, verify: bool = True,
+         backend: str = "onnxruntime") -> Bundle:
+    """Open a bundle written by ``edgeclin export`` (checksums verified).
+
+    ``backend``: ``onnxruntime`` (default, everywhere) or ``openvino`` (optional package;
+    runs the same ONNX file, in bf16 on CPUs with AMX / AVX512-BF16).
+    """
+    threads = threads or int(os.environ.get("EDGECLIN_THREADS", "0")) or None
+    return Bundle(path, threads=threads, verify=verify, backend=backend)
