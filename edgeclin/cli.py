@@ -210,6 +210,54 @@ def predict(bundle, data_file, output, text_col, text_pair_col, label_col, batch
                    err=True)
 
 
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers, got {text!r}") from None
+
+
+@main.command("bench")
+@click.argument("sources", nargs=-1, type=click.Path(file_okay=False))
+@click.option("--baseline", type=click.Path(file_okay=False), help="The full fine-tune run: the 1.00x reference.")
+@click.option("--data", type=click.Path(), help="Data folder (its test split) or file for end-to-end throughput "
+              "and accuracy.")
+@click.option("--batch-sizes", default="1,8,32", show_default=True, help="Latency batch sizes.")
+@click.option("--seq-lens", default="128,512", show_default=True, help="Latency sequence lengths (tokens).")
+@click.option("--threads", default=None, help="Thread counts, e.g. 1,2. Default: 1 and all cores.")
+@click.option("--warmup", type=int, default=5, show_default=True)
+@click.option("--runs", "repeats", type=int, default=50, show_default=True, help="Timed runs per setting.")
+@click.option("--max-length", type=int, help="Max tokens end to end (default: the largest --seq-lens).")
+@click.option("--backends", default="onnxruntime,openvino", show_default=True,
+              help="Runtimes to measure bundles with (openvino is skipped, and says so, when not installed).")
+@click.option("--out", type=click.Path(file_okay=False), help="Output folder. Default: bench/<time>.")
+@click.option("--compare", nargs=2, type=click.Path(dir_okay=False), help="Print ratios between two results.json.")
+@click.option("--quiet", is_flag=True)
+@_friendly_errors
+def bench_command(sources, baseline, data, batch_sizes, seq_lens, threads, warmup, repeats, max_length, backends,
+                  out, compare, quiet) -> None:
+    """Latency, throughput, memory, size and accuracy of every variant, against the baseline.
+
+    \b
+    SOURCES are run folders, merged folders and bundles, in any mix. Examples:
+      edgeclin bench runs/full runs/lora export/lora --baseline runs/full --data ../shared/data/mtsamples
+      edgeclin bench --compare bench/a/results.json bench/b/results.json
+    """
+    from edgeclin import bench as bench_module
+
+    if compare:
+        click.echo(bench_module.compare(*compare))
+        return
+    if not sources and not baseline:
+        raise click.UsageError("give at least one run folder, merged folder or bundle")
+    folder = bench_module.bench(
+        list(sources), baseline=baseline, data=data, batch_sizes=_int_list(batch_sizes), seq_lens=_int_list(seq_lens),
+        threads=_int_list(threads) if threads else None, warmup=warmup, repeats=repeats, max_length=max_length,
+        backends=tuple(b.strip() for b in backends.split(",") if b.strip()), out=out, progress=not quiet)
+    click.echo((folder / "report.md").read_text())
+    click.echo(f"results in {folder}")
+
+
 @main.command("demo-data")
 @click.argument("folder", type=click.Path(file_okay=False), default="data/demo")
 @_friendly_errors

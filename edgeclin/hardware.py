@@ -70,7 +70,18 @@ def resolve_precision(precision: str, device: str) -> str:
 
 
 def peak_rss_mb() -> float:
-    """Peak resident set size of this process, in MiB (Linux reports KiB)."""
+    """Peak resident set size of this process, in MiB.
+
+    Linux's VmHWM first: ``ru_maxrss`` survives fork+exec, so a small process started by a
+    big one would report its parent's peak.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 

@@ -77,3 +77,22 @@ def tiny_bert(tmp_path_factory) -> Path:
     model.save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def lora_run(tiny_bert, demo_folder, tmp_path_factory):
+    """A LoRA run of the tiny BERT on the demo slice (a few steps)."""
+    from edgeclin.train import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("runs") / "lora"
+    return train(TrainConfig(model=str(tiny_bert), data=str(demo_folder), output=str(out), epochs=2, lr=5e-3,
+                             max_length=48, precision="fp32", progress=False))
+
+
+@pytest.fixture(scope="session")
+def bundle(lora_run, tmp_path_factory):
+    """The LoRA run exported as an int8 bundle (gate wide open: the tiny model is barely trained)."""
+    from edgeclin.export import export
+
+    return export(lora_run.output, tmp_path_factory.mktemp("export") / "bundle", int8=True, quiet=True,
+                  max_drop=100.0).bundle

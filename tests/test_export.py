@@ -20,20 +20,6 @@ from edgeclin.merge import load_torch_model, merge, open_model_folder
 from edgeclin.train import TrainConfig, train
 
 
-@pytest.fixture(scope="module")
-def lora_run(tiny_bert, demo_folder, tmp_path_factory):
-    out = tmp_path_factory.mktemp("runs") / "lora"
-    return train(TrainConfig(model=str(tiny_bert), data=str(demo_folder), output=str(out), epochs=2, lr=5e-3,
-                             max_length=48, precision="fp32", progress=False))
-
-
-@pytest.fixture(scope="module")
-def bundle(lora_run, tmp_path_factory):
-    return export(lora_run.output, tmp_path_factory.mktemp("export") / "bundle", int8=True, quiet=True,
-                  max_drop=100.0).bundle
-
-
-
 def test_merge_is_verified_and_loads_as_plain_model(lora_run, demo_folder, tmp_path):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 

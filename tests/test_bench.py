@@ -1,0 +1,96 @@
+"""edgeclin bench on tiny models with few iterations: structure, metrics, compare, no-GPU rows."""
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from edgeclin.bench import bench, compare
+from edgeclin.cli import main
+from edgeclin.errors import EdgeclinError
+
+
+@pytest.fixture(scope="module")
+def results_dir(lora_run, bundle, demo_folder, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "a"
+    return bench([lora_run.output, bundle], baseline=lora_run.output, data=demo_folder, batch_sizes=(1, 2),
+                 seq_lens=(16,), threads=(1,), warmup=1, repeats=3, out=out, progress=False)
+
+
+def test_outputs_and_every_variant_measured(results_dir):
+    names = {p.name for p in results_dir.iterdir()}
+    assert {"results.json", "results.csv", "report.md", "latency_vs_batch.png", "accuracy_vs_latency.png"} <= names
+    results = json.loads((results_dir / "results.json").read_text())
+    env = results["environment"]
+    assert env["cpu"] and env["cores"] >= 1 and env["versions"]["onnxruntime"] and "isa" in env
+    runnable = [v["name"] for v in results["variants"] if v["status"] == "ok"]
+    assert any("pytorch fp32" in n for n in runnable) and any("onnxruntime int8" in n for n in runnable)
+    assert sum(v["baseline"] for v in results["variants"]) == 1
+    latency = {(r["variant"], r["batch"]) for r in results["latency"] if "p50_ms" in r}
+    assert latency == {(n, b) for n in runnable for b in (1, 2)}
+    for row in results["latency"]:
+        if "p50_ms" in row:
+            assert 0 < row["p50_ms"] <= row["p90_ms"] <= row["p99_ms"] and row["runs"] == 3
+    e2e = {r["variant"]: r for r in results["end_to_end"]}
+    for name in runnable:
+        row = e2e[name]
+        assert row["texts"] == 40 and row["texts_per_s"] > 0 and row["peak_rss_mb"] > 0 and row["bytes"] > 0
+        assert 0 <= row["metrics"]["macro_f1"] <= 1
+    # int8 bundle and its fp32 PyTorch source agree closely on the metric; sizes differ
+    torch_row = next(r for n, r in e2e.items() if "pytorch fp32" in n)
+    int8_row = next(r for n, r in e2e.items() if "onnxruntime int8" in n)
+    assert int8_row["bytes"] < torch_row["bytes"]
+    report = (results_dir / "report.md").read_text()
+    assert "1.00x" in report and "Baseline" in report
+
+
+def test_no_gpu_rows_say_so(results_dir):
+    import torch
+
+    results = json.loads((results_dir / "results.json").read_text())
+    cuda_rows = [r for r in results["latency"] if "cuda" in r["variant"]]
+    assert cuda_rows
+    if not torch.cuda.is_available():
+        assert all(r == {"variant": r["variant"], "status": "not run: no GPU"} for r in cuda_rows)
+        assert "not run: no GPU" in (results_dir / "report.md").read_text()
+
+
+def test_compare_prints_ratios(results_dir, tmp_path):
+    data = json.loads((results_dir / "results.json").read_text())
+    for row in data["latency"]:
+        if "p50_ms" in row:
+            row["p50_ms"] /= 2  # the second machine is twice as fast
+    other = tmp_path / "b.json"
+    other.write_text(json.dumps(data))
+    table = compare(results_dir / "results.json", other)
+    assert "| 2.00x |" in table
+    result = CliRunner().invoke(main, ["bench", "--compare", str(results_dir / "results.json"), str(other)])
+    assert result.exit_code == 0 and "2.00x" in result.output
+    data["latency"], data["end_to_end"] = [], []
+    other.write_text(json.dumps(data))
+    with pytest.raises(EdgeclinError, match="share no measurement"):
+        compare(results_dir / "results.json", other)
+
+
+def test_onnxruntime_only_when_openvino_is_missing(bundle, demo_folder, tmp_path, monkeypatch):
+    import edgeclin.runtime as runtime
+
+    monkeypatch.setattr(runtime, "openvino_available", lambda: False)
+    out = bench([bundle], batch_sizes=(1,), seq_lens=(8,), threads=(1,), warmup=1, repeats=2, out=tmp_path / "o",
+                progress=False)
+    results = json.loads((out / "results.json").read_text())
+    statuses = {v["engine"]: v["status"] for v in results["variants"] if v["device"] == "cpu"}
+    assert statuses["onnxruntime"] == "ok" and statuses["openvino"] == "not run: openvino not installed"
+    with pytest.raises(EdgeclinError, match="needs the openvino package"):
+        runtime.load(bundle, backend="openvino")
+
+
+def test_openvino_backend_agrees_with_onnxruntime(bundle):
+    import numpy as np
+
+    from edgeclin import runtime
+
+    texts = ["chest pain radiating to the left arm", "knee pain after a fall", "a productive cough"]
+    ort_probs = runtime.load(bundle).predict(texts).probabilities
+    ov_probs = runtime.load(bundle, backend="openvino").predict(texts).probabilities
+    assert np.abs(ort_probs - ov_probs).max() < 0.05  # bf16 on AMX CPUs: close, not bit-equal
