@@ -193,9 +193,11 @@ def export_command(source, **options) -> None:
 @click.option("--text-pair-col", help="Second text column, for sentence-pair models.")
 @click.option("--label-col", help="Label column; if present, a metrics summary is printed.")
 @click.option("--batch-size", type=int, default=32, show_default=True)
-@click.option("--threads", type=int, help="onnxruntime intra-op threads (default: all cores).")
+@click.option("--threads", type=int, help="Inference threads (default: all cores).")
+@click.option("--backend", type=click.Choice(["onnxruntime", "openvino"]), default="onnxruntime", show_default=True,
+              help="openvino (optional package) runs the same ONNX file, in bf16 on AMX/AVX512-BF16 CPUs.")
 @_friendly_errors
-def predict(bundle, data_file, output, text_col, text_pair_col, label_col, batch_size, threads) -> None:
+def predict(bundle, data_file, output, text_col, text_pair_col, label_col, batch_size, threads, backend) -> None:
     """Classify texts with an exported bundle: onnxruntime and tokenizers only (no torch).
 
     The bundle's checksums are verified first; a changed or incomplete bundle is refused.
@@ -203,7 +205,7 @@ def predict(bundle, data_file, output, text_col, text_pair_col, label_col, batch
     from edgeclin.predict import predict_file
 
     summary = predict_file(bundle, data_file, output, text_col=text_col, text_pair_col=text_pair_col,
-                           label_col=label_col, batch_size=batch_size, threads=threads)
+                           label_col=label_col, batch_size=batch_size, threads=threads, backend=backend)
     if summary.get("metrics"):
         m = summary["metrics"]
         click.echo(f"{summary['rows']} rows: macro-F1 {100 * m['macro_f1']:.1f}, accuracy {100 * m['accuracy']:.1f}",

@@ -15,13 +15,13 @@ from edgeclin.errors import EdgeclinError
 
 def predict_file(bundle_dir: str | Path, data_file: str | Path, output: str | Path | None = None, *,
                  text_col: str | None = None, text_pair_col: str | None = None, label_col: str | None = None,
-                 batch_size: int = 32, threads: int | None = None) -> dict:
+                 batch_size: int = 32, threads: int | None = None, backend: str = "onnxruntime") -> dict:
     """Predict every row of ``data_file``; write rows with label and probabilities; return a summary.
 
     Column names default to the ones the model was trained with. If the file has the label
     column, the summary holds the task metrics.
     """
-    bundle = runtime.load(bundle_dir, threads=threads)
+    bundle = runtime.load(bundle_dir, threads=threads, backend=backend)
     trained = bundle.manifest.get("columns", {})
     data_file = Path(data_file)
     present = file_columns(data_file)
@@ -34,7 +34,7 @@ def predict_file(bundle_dir: str | Path, data_file: str | Path, output: str | Pa
     examples = read_split(data_file, "predict", Columns(text_col, label_col, text_pair_col)).examples
     result = bundle.predict([e.text for e in examples], [e.text_pair for e in examples] if text_pair_col else None,
                             batch_size=batch_size)
-    summary: dict = {"rows": len(examples), "bundle": str(bundle_dir), "input": str(data_file)}
+    summary: dict = {"rows": len(examples), "bundle": str(bundle_dir), "input": str(data_file), "backend": backend}
     if label_col:
         from edgeclin.metrics import classification_metrics
 
