@@ -22,6 +22,7 @@ import numpy as np
 
 from edgeclin import runs
 from edgeclin.errors import EdgeclinError
+from edgeclin.metrics import softmax
 
 NO_GPU = "not run: no GPU"
 
@@ -154,8 +155,7 @@ class Runner:
             if out is None:
                 out = np.zeros((len(texts), logits.shape[1]), dtype=np.float32)
             out[rows] = logits
-        shifted = np.exp(out - out.max(axis=1, keepdims=True))
-        return shifted / shifted.sum(axis=1, keepdims=True)
+        return softmax(out)
 
     @property
     def labels_list(self) -> list[str]:

@@ -142,7 +142,7 @@ def evaluate(classifier: Classifier, examples: list) -> dict:
 def source_metrics(run: RunFolder, examples: list) -> dict:
     """The PyTorch model's metrics (fp32, unmerged adapter if any): what the bundle must match."""
     from edgeclin.encoding import encode_examples
-    from edgeclin.metrics import classification_metrics
+    from edgeclin.metrics import classification_metrics, softmax
     from edgeclin.models import load_tokenizer
 
     tokenizer = load_tokenizer(str(run.path))
@@ -152,10 +152,7 @@ def source_metrics(run: RunFolder, examples: list) -> dict:
                               config.get("truncation", "head"))
     logits = torch_logits(load_torch_model(run), encoded, tokenizer.pad_token_id or 0,
                           "token_type_ids" in tokenizer.model_input_names)
-    import numpy as np
-
-    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return classification_metrics(encoded.labels, shifted / shifted.sum(axis=1, keepdims=True))
+    return classification_metrics(encoded.labels, softmax(logits))
 
 
 def int8_candidates(quantize: str, per_channel: bool) -> list[dict]:

@@ -22,6 +22,7 @@ import numpy as np
 
 from edgeclin.encoding import encode_texts, pad_arrays
 from edgeclin.errors import EdgeclinError
+from edgeclin.metrics import softmax
 
 MANIFEST = "manifest.json"
 BUNDLE_FORMAT = 1
@@ -192,8 +193,7 @@ class Classifier:
         if not texts:
             return Predictions([], np.zeros((0, len(self.labels)), dtype=np.float32), self.labels)
         logits = self.logits(texts, pairs, batch_size)
-        shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-        probabilities = shifted / shifted.sum(axis=1, keepdims=True)
+        probabilities = softmax(logits)
         return Predictions([self.labels[i] for i in probabilities.argmax(axis=1)], probabilities, self.labels)
 
 
