@@ -82,8 +82,8 @@ def main() -> None:
         lines.append(f"| {v['name']} | {f1:.1f} | {v['bytes'] / 1e6:.1f} | {drop} | {gate} |")
     size = manifest["files"]["model.onnx"]["bytes"]
     lines += ["", f"Chosen: {manifest['chosen']}; model.onnx {size / 1e6:.1f} MB = "
-              f"{size / merged_weights:.2f}x the merged fp32 safetensors weights. `edgeclin predict` on the test split: macro-F1 "
-              f"{100 * predicted['metrics']['macro_f1']:.1f}."]
+              f"{size / merged_weights:.2f}x the merged fp32 safetensors weights. "
+              f"`edgeclin predict` on the test split: macro-F1 {100 * predicted['metrics']['macro_f1']:.1f}."]
     (RESULTS / "confirm_defaults.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
