@@ -59,14 +59,18 @@ def main() -> None:
 @click.option("--skip-bad-rows", is_flag=True,
               help="Drop empty or non-UTF-8 rows (and report how many) instead of failing.")
 @click.option("--limit", type=int, help="Use a deterministic subsample of N rows of each split.")
-@click.option("--method", type=click.Choice(["lora", "full"]), default="lora", show_default=True,
-              help="lora: train low-rank adapters and the head; full: train every weight (the baseline).")
+@click.option("--method", type=click.Choice(["lora", "full", "ia3", "prefix", "prompt", "ptuning"]), default="lora",
+              show_default=True, help="lora: low-rank adapters and the head; full: every weight (the baseline); "
+              "ia3, prefix, prompt, ptuning: the other PEFT methods of Taylor et al. 2024 (only lora, ia3 and full "
+              "export to ONNX).")
 @click.option("--lora-r", type=int, default=8, show_default=True, help="LoRA rank.")
 @click.option("--lora-alpha", type=int, default=16, show_default=True,
               help="LoRA scaling numerator (scale = alpha / r).")
 @click.option("--lora-dropout", type=float, default=0.1, show_default=True)
 @click.option("--target-modules", default="attention", show_default=True,
               help="LoRA targets: qv, qkv, attention (q,k,v,output), all-linear, or a comma list of module names.")
+@click.option("--num-virtual-tokens", type=int, default=10, show_default=True,
+              help="Virtual tokens for prefix, prompt and P-tuning.")
 @click.option("--epochs", type=int, default=4, show_default=True)
 @click.option("--max-steps", type=int, help="Stop after this many optimizer steps.")
 @click.option("--lr", type=float, help="Learning rate. Default per method: lora 2e-3, full 1e-4.")

@@ -24,7 +24,15 @@ from pathlib import Path
 
 from edgeclin import runs
 from edgeclin.errors import EdgeclinError
-from edgeclin.merge import RunFolder, load_torch_model, merge, open_model_folder, run_examples, torch_logits
+from edgeclin.merge import (
+    RunFolder,
+    check_mergeable,
+    load_torch_model,
+    merge,
+    open_model_folder,
+    run_examples,
+    torch_logits,
+)
 from edgeclin.runtime import BUNDLE_FORMAT, MANIFEST, MODEL_FILE, Classifier, sha256_of
 
 ISAS = ("avx2", "avx512", "avx512_vnni", "arm64")
@@ -205,6 +213,8 @@ def export(
 ) -> ExportResult:
     """Export a run, merged folder or HF classifier folder to a gated ONNX bundle."""
     run = open_model_folder(source)
+    if run.is_adapter:
+        check_mergeable(run)
     output = Path(output) if output else Path("export") / run.name
     if output.exists() and not overwrite:
         raise EdgeclinError(f"bundle folder {output} already exists (use --overwrite to replace it)")

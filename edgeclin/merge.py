@@ -75,6 +75,17 @@ def base_model_path(run: RunFolder) -> str:
     raise EdgeclinError(f"{run.path}: cannot tell which base model the adapter belongs to")
 
 
+def check_mergeable(run: RunFolder) -> None:
+    from edgeclin.methods import METHODS, NOT_MERGEABLE
+
+    peft_type = runs.read_json(run.path / "adapter_config.json").get("peft_type", "")
+    method = {"LORA": "lora", "IA3": "ia3", "PREFIX_TUNING": "prefix", "PROMPT_TUNING": "prompt",
+              "P_TUNING": "ptuning"}.get(peft_type, run.config.get("method", peft_type.lower()))
+    if method in METHODS and not METHODS[method].mergeable:
+        raise EdgeclinError(f"{run.path} was trained with {method} tuning, which cannot be merged or exported: "
+                            f"{NOT_MERGEABLE}")
+
+
 def load_torch_model(run: RunFolder):
     """The trained model in fp32, eval mode: PeftModel for an adapter, plain model otherwise."""
     from edgeclin.models import load_classifier
@@ -150,6 +161,7 @@ def merge(run_dir: str | Path, output: str | Path | None = None, *, eval_data: s
     run = open_model_folder(run_dir)
     if not run.is_adapter:
         return run.path
+    check_mergeable(run)
     output = Path(output) if output else run.path.with_name(run.name + "-merged")
     if output.exists() and not overwrite:
         raise EdgeclinError(f"output folder {output} already exists (use --overwrite to replace it)")

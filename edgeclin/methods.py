@@ -121,10 +121,72 @@ def _prepare_lora(model, config):
         raise EdgeclinError(f"LoRA could not be applied: {exc}") from None
 
 
-# Default learning rates come from benchmarks/search_defaults.py (see README, "Defaults").
+def _prepare_ia3(model, config):
+    """IA3 (Liu et al. 2022): learned rescaling of keys, values and the feed-forward output."""
+    from peft import IA3Config, TaskType, get_peft_model
+
+    model_type = model.config.model_type
+    arch = ARCHITECTURES.get(model_type)
+    if arch is None:
+        raise EdgeclinError(f"no IA3 targets known for model type {model_type!r}")
+    feed_forward = arch.feed_forward[-1:]  # the layer that maps back to the hidden size
+    ia3_config = IA3Config(task_type=TaskType.SEQ_CLS, target_modules=[*arch.attention[1:], *feed_forward],
+                           feedforward_modules=list(feed_forward), modules_to_save=head_modules_to_save(model_type))
+    return get_peft_model(model, ia3_config)
+
+
+PREFIX_ARCHITECTURES = ("bert",)
+
+
+def _prompt_learning(kind: str):
+    """Prefix tuning, prompt tuning and P-tuning: trained virtual tokens, frozen model."""
+
+    def prepare(model, config):
+        from peft import PrefixTuningConfig, PromptEncoderConfig, PromptTuningConfig, TaskType, get_peft_model
+
+        config_class, extra = {
+            "prefix": (PrefixTuningConfig, {}),
+            "prompt": (PromptTuningConfig, {}),
+            "ptuning": (PromptEncoderConfig, {"encoder_hidden_size": 128}),
+        }[kind]
+        c = model.config
+        if kind == "prefix" and c.model_type not in PREFIX_ARCHITECTURES:
+            # peft feeds prefixes as past key values; these models' attention takes none (or, for
+            # RoBERTa under transformers 4.57, fails on the legacy cache format) - tested in CI
+            raise EdgeclinError(f"prefix tuning works on {', '.join(PREFIX_ARCHITECTURES)} models only, not "
+                                f"{c.model_type}; use --method prompt or ptuning instead")
+        hidden = getattr(c, "hidden_size", None) or c.dim  # DistilBERT names it "dim"
+        # virtual tokens live in the word-embedding space (smaller than hidden in MobileBERT);
+        # prefixes live in every layer's key/value space
+        token_dim = hidden if kind == "prefix" else getattr(c, "embedding_size", None) or hidden
+        peft_config = config_class(
+            task_type=TaskType.SEQ_CLS, num_virtual_tokens=config.num_virtual_tokens, token_dim=token_dim,
+            num_layers=getattr(c, "num_hidden_layers", None) or c.n_layers,
+            num_attention_heads=getattr(c, "num_attention_heads", None) or c.n_heads, **extra)
+        try:
+            return get_peft_model(model, peft_config)
+        except ValueError as exc:
+            raise EdgeclinError(f"{kind} tuning could not be applied to {c.model_type}: {exc}") from None
+
+    return prepare
+
+
+NOT_MERGEABLE = ("its trained virtual tokens are extra inputs to every layer, not changes to existing weights, "
+                 "so they cannot be folded into a plain model; deploy it with PyTorch and peft, or train with "
+                 "--method lora or ia3 for an exportable model")
+
+# Default learning rates: LoRA and full from benchmarks/search_defaults.py (see README, "Defaults");
+# the others start from Taylor et al. 2024's (1e-3 IA3, prompt, P-tuning; 1e-2 prefix tuning).
 METHODS: dict[str, Method] = {
     "full": Method("full", default_lr=1e-4, mergeable=True, saves_adapter=False, prepare=_prepare_full),
     "lora": Method("lora", default_lr=2e-3, mergeable=True, saves_adapter=True, prepare=_prepare_lora),
+    "ia3": Method("ia3", default_lr=1e-3, mergeable=True, saves_adapter=True, prepare=_prepare_ia3),
+    "prefix": Method("prefix", default_lr=1e-2, mergeable=False, saves_adapter=True,
+                     prepare=_prompt_learning("prefix")),
+    "prompt": Method("prompt", default_lr=1e-3, mergeable=False, saves_adapter=True,
+                     prepare=_prompt_learning("prompt")),
+    "ptuning": Method("ptuning", default_lr=1e-3, mergeable=False, saves_adapter=True,
+                      prepare=_prompt_learning("ptuning")),
 }
 
 

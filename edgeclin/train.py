@@ -46,6 +46,7 @@ class TrainConfig:
     lora_alpha: int = 16
     lora_dropout: float = 0.1
     target_modules: str = "attention"
+    num_virtual_tokens: int = 10  # prefix, prompt and P-tuning
     epochs: int = 4
     max_steps: int | None = None
     lr: float | None = None  # None: the method's default

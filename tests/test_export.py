@@ -182,3 +182,19 @@ def test_predict_bad_column(bundle, tmp_path):
 def test_source_model_is_the_unmerged_adapter(lora_run):
     model = load_torch_model(open_model_folder(lora_run.output))
     assert type(model).__name__ == "PeftModelForSequenceClassification"
+
+
+def test_ia3_exports_and_prompt_methods_are_refused(tiny_bert, demo_folder, tmp_path):
+    common = dict(model=str(tiny_bert), data=str(demo_folder), epochs=1, max_length=48, precision="fp32",
+                  progress=False)
+    ia3 = train(TrainConfig(method="ia3", output=str(tmp_path / "ia3"), **common))
+    bundle = export(ia3.output, tmp_path / "ia3-bundle", quiet=True)
+    tests = read_split(demo_folder / "test.csv", "test", Columns()).examples
+    probabilities = runtime.load(bundle.bundle).predict([e.text for e in tests]).probabilities
+    assert np.allclose(probabilities, ia3.test_probabilities, atol=1e-4)
+
+    prompt = train(TrainConfig(method="prompt", num_virtual_tokens=4, output=str(tmp_path / "prompt"), **common))
+    for action in (lambda: merge(prompt.output), lambda: export(prompt.output, tmp_path / "p-bundle", quiet=True)):
+        with pytest.raises(EdgeclinError, match="trained with prompt tuning, which cannot be merged or exported"):
+            action()
+    assert not (tmp_path / "p-bundle").exists()

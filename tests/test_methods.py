@@ -100,3 +100,20 @@ def test_pickle_only_checkpoint_is_refused(tmp_path):
     (tmp_path / "pytorch_model.bin").write_bytes(b"not really")
     with pytest.raises(EdgeclinError, match="safetensors only"):
         load_classifier(str(tmp_path), ["a", "b"])
+
+
+@pytest.mark.parametrize("model_type", ["bert", "roberta", "mpnet", "distilbert", "mobilebert"])
+@pytest.mark.parametrize("method", ["ia3", "prefix", "prompt", "ptuning"])
+def test_other_peft_methods_train_on_each_architecture(model_type, method):
+    model = tiny_model(model_type)
+    if method == "prefix" and model_type != "bert":
+        with pytest.raises(EdgeclinError, match="prefix tuning works on bert models only"):
+            get_method(method).prepare(model, TrainConfig(method=method))
+        return
+    peft_model = get_method(method).prepare(model, TrainConfig(method=method, num_virtual_tokens=4))
+    trainable = [name for name, p in peft_model.named_parameters() if p.requires_grad]
+    assert trainable and len(trainable) < len(list(peft_model.named_parameters()))
+    inputs = torch.randint(5, 100, (2, 7))
+    loss = peft_model(input_ids=inputs, attention_mask=torch.ones_like(inputs), labels=torch.tensor([0, 2])).loss
+    loss.backward()
+    assert any(p.grad is not None for n, p in peft_model.named_parameters() if p.requires_grad)
