@@ -92,3 +92,26 @@ def test_ade_train_merge_export_predict(tmp_path, monkeypatch):
     labels = json.loads((merged / "labels.json").read_text())["labels"]
     agreement = np.mean([p == labels[i] for p, i in zip(predicted, reference.argmax(1), strict=True)])
     assert agreement >= 0.9
+
+
+def test_sentence_pairs_end_to_end_on_nli4ct(tmp_path, monkeypatch):
+    """Premise + statement pairs: the long premise is trimmed first, through export and predict."""
+    from edgeclin.export import export
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    data = shared_dataset("nli4ct")
+    run = tmp_path / "run"
+    result = CliRunner().invoke(main, ["train", "--data", str(data), "--text-pair-col", "text_pair", "--limit", "32",
+                                       "--max-length", "96", "--max-steps", "3", "--batch-size", "8", "-o", str(run),
+                                       "--quiet"])
+    assert result.exit_code == 0, (result.output, result.exception)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["truncation"]["train"]["truncated"] > 0
+    bundle = export(run, tmp_path / "bundle", int8=True, max_drop=100.0, quiet=True)
+    assert bundle.manifest["text_pair"] is True and bundle.manifest["columns"]["text_pair"] == "text_pair"
+    out = tmp_path / "pred.jsonl"
+    result = CliRunner().invoke(main, ["predict", str(bundle.bundle), "--data", str(data / "valid.csv"), "-o",
+                                       str(out)])
+    assert result.exit_code == 0, result.output
+    first = json.loads(out.read_text().splitlines()[0])
+    assert first["text_pair"] and first["label"] in ("Entailment", "Contradiction")
