@@ -32,12 +32,15 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # The whole path on the built-in model and synthetic notes, offline: train LoRA (prints test
-# metrics), export a gated int8 bundle, and predict the test notes with it (torch-free).
+# metrics), export a gated int8 bundle, predict the test notes with it (torch-free), and a short
+# bench of the variants (prints the report).
 demo: $(STAMP)
 	$(BIN)/edgeclin train --output runs/demo --overwrite
 	$(BIN)/edgeclin export runs/demo --int8 --output export/demo --overwrite
 	$(BIN)/edgeclin demo-data data/demo
 	$(BIN)/edgeclin predict export/demo --data data/demo/test.csv --output runs/demo-predictions.csv
+	$(BIN)/edgeclin bench runs/demo export/demo --baseline runs/demo --data data/demo --batch-sizes 1,8 \
+		--seq-lens 128 --threads 1 --warmup 5 --runs 50 --out bench/demo --quiet
 
 test: $(STAMP)
 	$(BIN)/ruff check edgeclin tests benchmarks
