@@ -211,6 +211,17 @@ def _save_epoch(work: Path, model, tokenizer, labels: list[str], improved: bool,
     runs.save_folder_atomically(work / "checkpoint", save_checkpoint)
 
 
+def _report_data(dataset, encoded: dict[str, EncodedSplit], config: TrainConfig) -> None:
+    """Say what was dropped and what was cut, before training starts (never silently)."""
+    for name, split in dataset.splits.items():
+        if split.skipped_rows:
+            print(f"{split.source}: skipped {split.skipped_rows} bad rows (--skip-bad-rows)", file=sys.stderr)
+    cut = {name: enc.truncated for name, enc in encoded.items() if enc.truncated}
+    if cut:
+        counts = ", ".join(f"{name} {n} of {len(encoded[name])}" for name, n in cut.items())
+        print(f"inputs longer than {config.max_length} tokens, cut ({config.truncation}): {counts}", file=sys.stderr)
+
+
 def _summary_table(metrics: dict, output: Path) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -297,6 +308,8 @@ def _run(config: TrainConfig, output: Path, work: Path, state: dict | None) -> T
         name: encode_examples(tokenizer, split.examples, label2id, config.max_length, config.truncation)
         for name, split in dataset.splits.items()
     }
+    if config.progress:
+        _report_data(dataset, encoded, config)
     model = load_classifier(resolved.path, dataset.labels)
     model = method.prepare(model, config)
     trainable, total = _count_parameters(model)
