@@ -213,7 +213,7 @@ def _save_epoch(work: Path, model, tokenizer, labels: list[str], improved: bool,
 
 def _report_data(dataset, encoded: dict[str, EncodedSplit], config: TrainConfig) -> None:
     """Say what was dropped and what was cut, before training starts (never silently)."""
-    for name, split in dataset.splits.items():
+    for split in dataset.splits.values():
         if split.skipped_rows:
             print(f"{split.source}: skipped {split.skipped_rows} bad rows (--skip-bad-rows)", file=sys.stderr)
     cut = {name: enc.truncated for name, enc in encoded.items() if enc.truncated}
