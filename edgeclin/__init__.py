@@ -1,4 +1,10 @@
-"""edgeclin: fine-tune small clinical encoders with LoRA and deploy them on CPUs."""
+"""edgeclin: fine-tune small clinical encoders with LoRA and deploy them on CPUs.
+
+    import edgeclin
+    result = edgeclin.train(data="notes/", method="lora", max_length=256)
+"""
+
+from importlib import import_module
 
 from edgeclin.errors import EdgeclinError
 
@@ -7,9 +13,7 @@ __all__ = ["EdgeclinError", "TrainConfig", "train"]
 
 def __getattr__(name: str):
     # torch and transformers load only when training is asked for, so that light
-    # commands (and, later, the torch-free runtime) stay light
+    # commands (and the torch-free runtime) stay light
     if name in ("train", "TrainConfig"):
-        from edgeclin import train as train_module
-
-        return getattr(train_module, name)
+        return getattr(import_module("edgeclin.training"), name)
     raise AttributeError(name)

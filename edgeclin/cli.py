@@ -111,8 +111,8 @@ def train(resume, quiet, **options) -> None:
       edgeclin train --data notes/ --method full --epochs 3 -o runs/baseline
       accelerate launch -m edgeclin train --data notes/     # several GPUs
     """
-    from edgeclin.train import TrainConfig
-    from edgeclin.train import train as run_training
+    from edgeclin.training import TrainConfig
+    from edgeclin.training import train as run_training
 
     if resume:
         result = run_training(resume=resume)
@@ -196,8 +196,8 @@ def export_command(source, **options) -> None:
 @click.option("--text-col", help="Text column (default: the one the model was trained with).")
 @click.option("--text-pair-col", help="Second text column, for sentence-pair models.")
 @click.option("--label-col", help="Label column; if present, a metrics summary is printed.")
-@click.option("--batch-size", type=int, default=32, show_default=True)
-@click.option("--threads", type=int, help="Inference threads (default: all cores).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--threads", type=click.IntRange(min=1), help="Inference threads (default: all cores).")
 @click.option("--backend", type=click.Choice(["onnxruntime", "openvino"]), default="onnxruntime", show_default=True,
               help="openvino (optional package) runs the same ONNX file, in bf16 on AMX/AVX512-BF16 CPUs.")
 @_friendly_errors

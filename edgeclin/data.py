@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 from collections import Counter
 from dataclasses import dataclass, field
@@ -102,7 +103,9 @@ def _read_records(path: Path) -> tuple[list[str], list[tuple[int, dict]]]:
     if text.startswith("\ufeff"):  # Excel writes a byte-order mark
         text = text[1:]
     if path.suffix == ".csv":
-        reader = csv.DictReader(text.splitlines(keepends=True))
+        # io.StringIO with newline="": only \r and \n end records (str.splitlines would also
+        # split on form feeds and U+2028, common in text pasted from PDFs and records systems)
+        reader = csv.DictReader(io.StringIO(text, newline=""))
         columns = list(reader.fieldnames or [])
         if not columns:
             raise EdgeclinError(f"{path}: empty file (no header row)")
@@ -115,7 +118,7 @@ def _read_records(path: Path) -> tuple[list[str], list[tuple[int, dict]]]:
             raise EdgeclinError(f"{path}, line {reader.line_num}: malformed CSV ({exc})") from None
         return columns, rows
     rows, columns = [], []
-    for line_no, line in enumerate(text.splitlines(), start=1):
+    for line_no, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:

@@ -64,6 +64,8 @@ def plain_tokenizer(tokenizer):
     training and the torch-free runtime share this module.
     """
     backend = getattr(tokenizer, "backend_tokenizer", tokenizer)
+    if backend is tokenizer and tokenizer.truncation is None and tokenizer.padding is None:
+        return tokenizer  # already plain: rebuilding costs more than encoding a sentence
     from tokenizers import Tokenizer
 
     plain = Tokenizer.from_str(backend.to_str())

@@ -22,6 +22,8 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from edgeclin import runs
 from edgeclin.errors import EdgeclinError
 from edgeclin.merge import (
@@ -44,6 +46,7 @@ QUANTIZE_OPS = {
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
                    "merges.txt", "vocab.json", "sentencepiece.bpe.model", "spm.model")
 GATE_METRIC = "macro_f1"
+EXPORT_TOLERANCE = 1e-3  # fp32 ONNX vs PyTorch, max difference of any class probability
 
 
 def detect_isa() -> str:
@@ -139,16 +142,18 @@ class Variant:
         return self.path.stat().st_size
 
 
-def evaluate(classifier: Classifier, examples: list) -> dict:
+def evaluate(classifier: Classifier, examples: list) -> tuple[dict, np.ndarray]:
+    """Metrics and probabilities of an ONNX variant on labelled examples."""
     from edgeclin.metrics import classification_metrics
 
-    probabilities = classifier.predict([e.text for e in examples], [e.text_pair for e in examples]).probabilities
+    pairs = [e.text_pair for e in examples] if classifier.text_pair else None
+    probabilities = classifier.predict([e.text for e in examples], pairs).probabilities
     label2id = {label: i for i, label in enumerate(classifier.labels)}
-    return classification_metrics([label2id[e.label] for e in examples], probabilities)
+    return classification_metrics([label2id[e.label] for e in examples], probabilities), probabilities
 
 
-def source_metrics(run: RunFolder, examples: list) -> dict:
-    """The PyTorch model's metrics (fp32, unmerged adapter if any): what the bundle must match."""
+def source_predictions(run: RunFolder, examples: list) -> tuple[dict, np.ndarray]:
+    """The PyTorch model's metrics and probabilities (fp32, unmerged adapter if any)."""
     from edgeclin.encoding import encode_examples
     from edgeclin.metrics import classification_metrics, softmax
     from edgeclin.models import load_tokenizer
@@ -160,7 +165,8 @@ def source_metrics(run: RunFolder, examples: list) -> dict:
                               config.get("truncation", "head"))
     logits = torch_logits(load_torch_model(run), encoded, tokenizer.pad_token_id or 0,
                           "token_type_ids" in tokenizer.model_input_names)
-    return classification_metrics(encoded.labels, softmax(logits))
+    probabilities = softmax(logits)
+    return classification_metrics(encoded.labels, probabilities), probabilities
 
 
 def int8_candidates(quantize: str, per_channel: bool) -> list[dict]:
@@ -218,6 +224,8 @@ def export(
     output = Path(output) if output else Path("export") / run.name
     if output.exists() and not overwrite:
         raise EdgeclinError(f"bundle folder {output} already exists (use --overwrite to replace it)")
+    if calibration < 1:
+        raise EdgeclinError("--calibration must be at least 1")
     if quantize not in QUANTIZE_OPS:
         raise EdgeclinError(f"--quantize must be one of {', '.join(QUANTIZE_OPS)}")
     isa = detect_isa() if isa == "auto" else isa
@@ -257,24 +265,28 @@ def export(
         def classifier(path: Path) -> Classifier:
             return Classifier(path, tokenizer_json, run.labels, max_length=max_length,
                               truncation=config.get("truncation", "head"), pad_token_id=pad_id,
-                              vocab_size=model_config.get("vocab_size"))
+                              vocab_size=model_config.get("vocab_size"), text_pair=bool(config.get("text_pair_col")))
 
         say(f"evaluating on {len(test_examples)} test examples ...")
         start = time.perf_counter()
-        source = source_metrics(run, test_examples)
+        source, source_probabilities = source_predictions(run, test_examples)
         recorded = _recorded_test_metric(run) if eval_data is None else None
         if recorded is not None and abs(recorded - source[GATE_METRIC]) > 0.02:
             # a reloaded model that scores unlike the run did has lost something (its head: peft #577)
             say(f"warning: the reloaded model scores {GATE_METRIC} {100 * source[GATE_METRIC]:.1f} on the test "
                 f"split, the run recorded {100 * recorded:.1f}")
         fp32 = Variant("onnx fp32", fp32_path, {"quantization": None})
-        fp32.metrics = evaluate(classifier(fp32_path), test_examples)
+        fp32.metrics, fp32_probabilities = evaluate(classifier(fp32_path), test_examples)
+        export_error = float(np.abs(fp32_probabilities - source_probabilities).max())
+        if not export_error <= EXPORT_TOLERANCE:  # optimum's own check only warns (optimum #978)
+            raise EdgeclinError(f"the fp32 ONNX model differs from the PyTorch model by {export_error:.2e} in "
+                                f"probability on the test split (tolerance {EXPORT_TOLERANCE:.0e}); no bundle written")
         variants = [fp32]
         base = fp32
         if optimize:
             optimized = Variant("onnx fp32 optimized", optimize_onnx(fp32_path, work / "optimized.onnx",
                                                                     model_config), {"optimized": True})
-            optimized.metrics = evaluate(classifier(optimized.path), test_examples)
+            optimized.metrics, _ = evaluate(classifier(optimized.path), test_examples)
             optimized.drop = 100 * (fp32.metrics[GATE_METRIC] - optimized.metrics[GATE_METRIC])
             optimized.passed = optimized.drop <= max_drop
             variants.append(optimized)
@@ -290,15 +302,15 @@ def export(
                 path = work / f"int8-{i}.onnx"
                 if settings.get("static"):
                     name = f"int8 static QDQ MatMul ({calibration} calibration texts)"
-                    quantize_static(base.path, path, _calibration_batches(run, classifier(base.path), calibration),
-                                    per_channel)
+                    batches = _calibration_batches(run, classifier(base.path), calibration, eval_data)
+                    quantize_static(base.path, path, batches, per_channel)
                 else:
                     name = (f"int8 dynamic {isa} {settings['quantize']} "
                             f"{'per-channel' if settings['per_channel'] else 'per-tensor'}")
                     quantize_dynamic(base.path, path, isa, settings["quantize"], settings["per_channel"])
                 variant = Variant(name, path, {"isa": isa, "mode": "static" if settings.get("static") else "dynamic",
                                                **settings})
-                variant.metrics = evaluate(classifier(path), test_examples)
+                variant.metrics, _ = evaluate(classifier(path), test_examples)
                 variant.drop = 100 * (fp32.metrics[GATE_METRIC] - variant.metrics[GATE_METRIC])
                 variant.passed = variant.drop <= max_drop
                 variants.append(variant)
@@ -399,10 +411,12 @@ def _opset_of(path: Path) -> int | None:
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
 
 
-def _calibration_batches(run: RunFolder, classifier: Classifier, count: int) -> list[dict]:
+def _calibration_batches(run: RunFolder, classifier: Classifier, count: int, eval_data) -> list[dict]:
     from edgeclin.encoding import encode_texts, pad_arrays
 
-    examples = run_examples(run, "train")[:count]
+    examples = run_examples(run, "train", eval_data)[:count]
+    if not examples:
+        raise EdgeclinError("no training texts to calibrate static quantisation with")
     ids, types, _ = encode_texts(classifier.tokenizer, [e.text for e in examples],
                                  [e.text_pair for e in examples], classifier.max_length, classifier.truncation)
     batches = []

@@ -7,7 +7,6 @@ inputs before anything is saved: a lost or untrained head, or a bad merge, fails
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,14 +36,14 @@ class RunFolder:
 
 
 def open_model_folder(path: str | Path) -> RunFolder:
-    path = Path(path)
+    path = Path(path).resolve()
     if not path.is_dir():
         raise EdgeclinError(f"no such folder: {path}")
     record = runs.read_json(path / runs.RUN_RECORD) if (path / runs.RUN_RECORD).exists() else None
     is_adapter = (path / "adapter_config.json").exists()
     has_model = (path / "config.json").exists() and any(path.glob("*.safetensors"))
     if not is_adapter and not has_model:
-        if (path / "checkpoint").exists() or path.name.endswith(".partial"):
+        if (path / "epoch").exists() or path.name.endswith(".partial"):
             raise EdgeclinError(f"{path} is an unfinished run; finish it with edgeclin train --resume")
         raise EdgeclinError(f"{path} holds no model: expected an adapter (adapter_config.json) or a model "
                             "(config.json + *.safetensors)")
@@ -63,6 +62,9 @@ def base_model_path(run: RunFolder) -> str:
     """Where the adapter's base weights are: re-resolved by name, so runs move between machines."""
     from edgeclin.models import resolve_model
 
+    recorded_path = ((run.record or {}).get("resolved") or {}).get("base_model")
+    if recorded_path and Path(recorded_path).is_dir():  # the very weights it was trained on
+        return recorded_path
     name = run.config.get("model")
     if name:
         try:
@@ -131,6 +133,8 @@ def check_inputs(run: RunFolder, eval_data: str | Path | None = None, split: str
     from edgeclin.models import load_tokenizer
 
     examples = run_examples(run, split, eval_data)[:limit]
+    if not examples:
+        raise EdgeclinError(f"no {split} examples with the model's labels to check against")
     tokenizer = load_tokenizer(str(run.path))
     label2id = {label: i for i, label in enumerate(run.labels)}
     encoded = encode_examples(tokenizer, examples, label2id, run.config.get("max_length", 256),
@@ -190,8 +194,6 @@ def merge(run_dir: str | Path, output: str | Path | None = None, *, eval_data: s
             "dtype": "float32", "versions": runs.library_versions(), "git_commit": runs.git_commit(),
         })
 
-    if overwrite and output.exists():
-        shutil.rmtree(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     runs.save_folder_atomically(output, save)
     return output

@@ -103,7 +103,8 @@ def _prepare_lora(model, config):
     # A pretrained pooler gets LoRA; one that the checkpoint lacks starts random and must
     # train in full, or LoRA would adapt noise (checkpoints saved as embedding or MLM models).
     new_weights = getattr(model, "edgeclin_new_weights", [])
-    for name in list(targets):
+    head_lora = ARCHITECTURES[model_type].head_lora if model_type in ARCHITECTURES else ()
+    for name in [t for t in targets if t in head_lora]:  # exact head layers only, never a bare "dense"
         if any(weight.rsplit(".", 1)[0].endswith(name) for weight in new_weights):
             targets.remove(name)
             to_save.append(name)

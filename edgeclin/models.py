@@ -72,7 +72,10 @@ def resolve_model(name: str) -> ResolvedModel:
 def load_tokenizer(path: str):
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(path, use_fast=True, trust_remote_code=False)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, use_fast=True, trust_remote_code=False)
+    except (OSError, ValueError) as exc:
+        raise EdgeclinError(f"could not load a tokenizer from {path}: {str(exc).splitlines()[0]}") from None
     if not tokenizer.is_fast:
         raise EdgeclinError(f"{path}: edgeclin needs a fast (Rust) tokenizer (tokenizer.json)")
     return tokenizer
@@ -105,7 +108,7 @@ def load_classifier(path: str, labels: list[str] | None = None, *, dtype=None):
         )
     try:
         model, info = AutoModelForSequenceClassification.from_pretrained(path, output_loading_info=True, **kwargs)
-    except OSError as exc:
+    except (OSError, ValueError) as exc:  # ValueError: an architecture without a classification head
         raise EdgeclinError(f"could not load model from {path}: {str(exc).splitlines()[0]}") from None
     finally:
         hf_logging.set_verbosity(previous)

@@ -31,6 +31,8 @@ def predict_file(bundle_dir: str | Path, data_file: str | Path, output: str | Pa
         label_col = trained["label"]
     if output is not None and Path(output).suffix not in (".csv", ".jsonl"):
         raise EdgeclinError(f"{output}: output must end in .csv or .jsonl")
+    if output is not None and not Path(output).resolve().parent.is_dir():
+        raise EdgeclinError(f"{output}: the folder {Path(output).parent} does not exist")
     examples = read_split(data_file, "predict", Columns(text_col, label_col, text_pair_col)).examples
     result = bundle.predict([e.text for e in examples], [e.text_pair for e in examples] if text_pair_col else None,
                             batch_size=batch_size)
@@ -71,12 +73,15 @@ def _write_rows(rows: list[dict], output: Path | None) -> None:
             sys.stdout.write(json.dumps(row, ensure_ascii=False) + "\n")
         return
     tmp = output.with_name(output.name + ".tmp")
-    with tmp.open("w", newline="", encoding="utf-8") as handle:
-        if output.suffix == ".csv":
-            writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else ["label"])
-            writer.writeheader()
-            writer.writerows(rows)
-        else:
-            for row in rows:
-                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(tmp, output)
+    try:
+        with tmp.open("w", newline="", encoding="utf-8") as handle:
+            if output.suffix == ".csv":
+                writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else ["label"])
+                writer.writeheader()
+                writer.writerows(rows)
+            else:
+                for row in rows:
+                    handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+        os.replace(tmp, output)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -85,7 +85,11 @@ def save_folder_atomically(folder: Path, save) -> None:
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save(tmp)
+    try:
+        save(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     old = folder.with_name(folder.name + ".old")
     if folder.exists():
         os.replace(folder, old)

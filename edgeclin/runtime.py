@@ -20,13 +20,14 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeclin.encoding import encode_texts, pad_arrays
+from edgeclin.encoding import encode_texts, pad_arrays, plain_tokenizer
 from edgeclin.errors import EdgeclinError
 from edgeclin.metrics import softmax
 
 MANIFEST = "manifest.json"
 BUNDLE_FORMAT = 1
 MODEL_FILE = "model.onnx"
+REQUIRED_FILES = (MODEL_FILE, "tokenizer.json", "labels.json")
 ALLOWED_INPUTS = {"input_ids", "attention_mask", "token_type_ids"}
 
 
@@ -51,14 +52,21 @@ def verify_bundle(path: Path) -> dict:
         raise EdgeclinError(f"{manifest_path}, line {exc.lineno}, column {exc.colno}: invalid JSON") from None
     if manifest.get("format_version") != BUNDLE_FORMAT:
         raise EdgeclinError(f"{manifest_path}: unsupported bundle format {manifest.get('format_version')!r}")
-    files = manifest.get("files", {})
-    if MODEL_FILE not in files:
-        raise EdgeclinError(f"{manifest_path}: the manifest lists no {MODEL_FILE}")
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    missing_keys = [k for k in ("labels", "max_length", "files") if not isinstance(manifest, dict) or k not in manifest]
+    if missing_keys or not isinstance(files, dict):
+        raise EdgeclinError(f"{manifest_path}: not a valid manifest (missing {', '.join(missing_keys) or 'files'})")
+    for required in REQUIRED_FILES:
+        if required not in files:
+            raise EdgeclinError(f"{manifest_path}: the manifest lists no {required}")
     for name, expected in files.items():
+        if "/" in name or "\\" in name or name.startswith("."):
+            raise EdgeclinError(f"{manifest_path}: file name {name!r} points outside the bundle")
         file = path / name
         if not file.exists():
             raise EdgeclinError(f"bundle {path} is incomplete: {name} is missing")
-        if file.stat().st_size != expected["bytes"] or sha256_of(file) != expected["sha256"]:
+        if not isinstance(expected, dict) or file.stat().st_size != expected.get("bytes") \
+                or sha256_of(file) != expected.get("sha256"):
             raise EdgeclinError(f"bundle {path}: {name} has changed since export (checksum mismatch)")
     return manifest
 
@@ -151,12 +159,13 @@ class Classifier:
 
     def __init__(self, model_path: Path, tokenizer_path: Path, labels: list[str], *, max_length: int,
                  truncation: str = "head", pad_token_id: int = 0, vocab_size: int | None = None,
-                 threads: int | None = None, backend: str = "onnxruntime") -> None:
+                 threads: int | None = None, backend: str = "onnxruntime", text_pair: bool = False) -> None:
         from tokenizers import Tokenizer
 
         self.model_path, self.labels = Path(model_path), labels
         self.max_length, self.truncation, self.pad_token_id = max_length, truncation, pad_token_id
-        self.tokenizer = Tokenizer.from_file(str(tokenizer_path))
+        self.text_pair = text_pair
+        self.tokenizer = plain_tokenizer(Tokenizer.from_file(str(tokenizer_path)))
         self.engine = make_engine(self.model_path, backend, threads)
         self.backend = backend
         self.input_names = self.engine.input_names
@@ -190,6 +199,10 @@ class Classifier:
         return out
 
     def predict(self, texts: list[str], pairs: list[str | None] | None = None, batch_size: int = 32) -> Predictions:
+        if batch_size < 1:
+            raise EdgeclinError("batch size must be at least 1")
+        if self.text_pair and (pairs is None or any(p is None for p in pairs)):
+            raise EdgeclinError("this model classifies text pairs: give a second text for every text")
         if not texts:
             return Predictions([], np.zeros((0, len(self.labels)), dtype=np.float32), self.labels)
         logits = self.logits(texts, pairs, batch_size)
@@ -208,7 +221,7 @@ class Bundle(Classifier):
         super().__init__(self.path / MODEL_FILE, self.path / "tokenizer.json", m["labels"],
                          max_length=m["max_length"], truncation=m.get("truncation", "head"),
                          pad_token_id=m.get("pad_token_id", 0), vocab_size=m.get("vocab_size"), threads=threads,
-                         backend=backend)
+                         backend=backend, text_pair=bool(m.get("text_pair")))
 
 
 def load(path: str | Path, *, threads: int | None = None, verify: bool = True,
@@ -218,5 +231,9 @@ def load(path: str | Path, *, threads: int | None = None, verify: bool = True,
     ``backend``: ``onnxruntime`` (default, everywhere) or ``openvino`` (optional package;
     runs the same ONNX file, in bf16 on CPUs with AMX / AVX512-BF16).
     """
-    threads = threads or int(os.environ.get("EDGECLIN_THREADS", "0")) or None
+    if threads is None and os.environ.get("EDGECLIN_THREADS"):
+        try:
+            threads = int(os.environ["EDGECLIN_THREADS"])
+        except ValueError:
+            raise EdgeclinError(f"EDGECLIN_THREADS must be a number, not {os.environ['EDGECLIN_THREADS']!r}") from None
     return Bundle(path, threads=threads, verify=verify, backend=backend)

@@ -82,7 +82,7 @@ def tiny_bert(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def lora_run(tiny_bert, demo_folder, tmp_path_factory):
     """A LoRA run of the tiny BERT on the demo slice (a few steps)."""
-    from edgeclin.train import TrainConfig, train
+    from edgeclin.training import TrainConfig, train
 
     out = tmp_path_factory.mktemp("runs") / "lora"
     return train(TrainConfig(model=str(tiny_bert), data=str(demo_folder), output=str(out), epochs=2, lr=5e-3,

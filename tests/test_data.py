@@ -108,3 +108,12 @@ def test_demo_data_is_synthetic_and_not_trivial():
 
     mislabelled = sum(not any(c in e.text for c in SPECIALTIES[e.label]["complaint"]) for e in train)
     assert 0.02 * len(train) < mislabelled < 0.1 * len(train)
+
+
+def test_form_feeds_and_line_separators_stay_inside_their_row(tmp_path):
+    path = write_csv(tmp_path / "train.csv", [("page one\x0cpage two", "a"), ("para\u2028graph", "b")])
+    texts = [e.text for e in read_split(path, "train", Columns()).examples]
+    assert texts == ["page one\x0cpage two", "para\u2028graph"]
+    jsonl = tmp_path / "train.jsonl"
+    jsonl.write_text(json.dumps({"text": "a\u2028b", "label": "x"}, ensure_ascii=False) + "\r\n", encoding="utf-8")
+    assert read_split(jsonl, "train", Columns()).examples[0].text == "a\u2028b"

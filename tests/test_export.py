@@ -17,7 +17,7 @@ from edgeclin.data import Columns, read_split
 from edgeclin.errors import EdgeclinError
 from edgeclin.export import export
 from edgeclin.merge import load_torch_model, merge, open_model_folder
-from edgeclin.train import TrainConfig, train
+from edgeclin.training import TrainConfig, train
 
 
 def test_merge_is_verified_and_loads_as_plain_model(lora_run, demo_folder, tmp_path):

@@ -3,7 +3,7 @@ import torch
 
 from edgeclin.errors import EdgeclinError
 from edgeclin.methods import get_method, lora_target_modules
-from edgeclin.train import TrainConfig
+from edgeclin.training import TrainConfig
 
 
 def tiny_model(model_type: str):

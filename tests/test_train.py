@@ -7,7 +7,7 @@ import torch
 
 from edgeclin import runs
 from edgeclin.errors import EdgeclinError
-from edgeclin.train import TrainConfig, train
+from edgeclin.training import TrainConfig, train
 
 
 def config(tiny_bert, demo_folder, output, **overrides):
@@ -47,7 +47,7 @@ def test_run_folder_is_complete_and_reloads(tiny_bert, demo_folder, tmp_path, me
     names = {p.name for p in output.iterdir()}
     weights = {"adapter_model.safetensors", "adapter_config.json"} if method == "lora" else {"model.safetensors"}
     assert weights | {"tokenizer.json", "labels.json", "run.json", "metrics.json"} <= names
-    assert not {"last", "best", "checkpoint"} & names
+    assert "epoch" not in names
     assert not any(n.endswith((".bin", ".pt", ".pth")) for n in names)  # safetensors only
 
     metrics = json.loads((output / "metrics.json").read_text())
@@ -93,7 +93,7 @@ def test_same_seed_same_result(tiny_bert, demo_folder, tmp_path):
 
 def test_interrupted_run_keeps_last_epoch_and_resumes_to_the_same_result(tiny_bert, demo_folder, tmp_path,
                                                                           monkeypatch):
-    import edgeclin.train as train_module
+    import edgeclin.training as train_module
 
     reference = train(config(tiny_bert, demo_folder, tmp_path / "reference", epochs=3)).metrics
 
@@ -112,8 +112,8 @@ def test_interrupted_run_keeps_last_epoch_and_resumes_to_the_same_result(tiny_be
     monkeypatch.setattr(train_module, "evaluate", real_evaluate)
 
     work = runs.partial_dir(output)
-    assert not output.exists() and (work / "last" / "adapter_model.safetensors").exists()
-    assert json.loads((work / "checkpoint" / "state.json").read_text())["epoch"] == 1
+    assert not output.exists() and (work / "epoch" / "last" / "adapter_model.safetensors").exists()
+    assert json.loads((work / "epoch" / "state.json").read_text())["epoch"] == 1
     with pytest.raises(EdgeclinError, match="holds an interrupted run"):
         train(config(tiny_bert, demo_folder, output, epochs=3))
 
@@ -142,7 +142,8 @@ def test_data_parallel_training_under_a_launcher(tiny_bert, demo_folder, tmp_pat
     output = tmp_path / "ddp"
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
     cmd = [*torchrun, "-m", "edgeclin", "train", "--model", str(tiny_bert), "--data", str(demo_folder),
-           "--epochs", "2", "--precision", "fp32", "--device", "cpu", "-o", str(output), "--quiet"]
+           "--epochs", "2", "--precision", "fp32", "--device", "cpu", "--max-length", "48", "-o", str(output),
+           "--quiet"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -153,3 +154,18 @@ def test_data_parallel_training_under_a_launcher(tiny_bert, demo_folder, tmp_pat
     assert metrics["training"]["optimizer_steps"] == 2 * 3  # 96 rows / 16 per batch / 2 processes
     single = train(config(tiny_bert, demo_folder, tmp_path / "single", epochs=2, lr=None)).metrics
     assert single["training"]["optimizer_steps"] == 2 * 6
+    # the gathered evaluation saw each of the 40 test rows once: a single process scoring the
+    # saved model agrees exactly
+    from edgeclin.data import Columns, read_split
+    from edgeclin.metrics import classification_metrics
+
+    tests = read_split(demo_folder / "test.csv", "test", Columns()).examples
+    probabilities = torch.softmax(load_predictions(output, [e.text for e in tests]), -1).numpy()
+    labels = json.loads((output / "labels.json").read_text())["labels"]
+    rescored = classification_metrics([labels.index(e.label) for e in tests], probabilities)
+    assert rescored == pytest.approx(metrics["test"])
+    # without -o, every process would invent its own folder name: refused
+    proc = subprocess.run([*torchrun, "-m", "edgeclin", "train", "--model", str(tiny_bert), "--data",
+                           str(demo_folder), "--max-length", "48"], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
+    assert proc.returncode != 0 and "give the run folder with -o" in proc.stderr

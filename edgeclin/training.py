@@ -7,6 +7,7 @@ GPU, or several GPUs under ``accelerate launch`` (data parallel) without changes
 from __future__ import annotations
 
 import math
+import os
 import shutil
 import sys
 import time
@@ -78,6 +79,16 @@ class TrainConfig:
             raise EdgeclinError("--max-steps must be at least 1")
         if self.limit is not None and self.limit < 1:
             raise EdgeclinError("--limit must be at least 1")
+        if self.early_stopping_patience is not None and self.early_stopping_patience < 1:
+            raise EdgeclinError("--early-stopping-patience must be at least 1")
+        if self.lr is not None and self.lr < 0:
+            raise EdgeclinError("--lr must not be negative")
+        if not 0 <= self.warmup_ratio <= 1:
+            raise EdgeclinError("--warmup-ratio must be between 0 and 1")
+        if not 0 <= self.lora_dropout < 1:
+            raise EdgeclinError("--lora-dropout must be in [0, 1)")
+        if self.num_virtual_tokens < 1:
+            raise EdgeclinError("--num-virtual-tokens must be at least 1")
 
 
 @dataclass
@@ -195,20 +206,44 @@ def _load_optimizer(path: Path, optimizer) -> None:
     optimizer.load_state_dict({"state": state, "param_groups": groups})
 
 
+SNAPSHOT = "epoch"  # inside <output>.partial/: last/, best/, optimizer and loop state of one epoch
+
+
 def _save_epoch(work: Path, model, tokenizer, labels: list[str], improved: bool, optimizer, loop_state: dict) -> None:
-    """After an epoch: ``last/`` (usable as is), ``best/`` when it improved, and the loop state."""
+    """After an epoch, one snapshot swapped in whole: ``last/`` (loadable as is), ``best/``, loop state.
 
-    def save_model(folder: Path) -> None:
-        _save_model_folder(folder, model, tokenizer, labels)
+    Everything of an epoch changes together, so an interruption at any moment leaves either
+    the previous epoch's snapshot or this one's, never a mix.
+    """
+    previous = work / SNAPSHOT
 
-    def save_checkpoint(folder: Path) -> None:
+    def save(folder: Path) -> None:
+        _save_model_folder(folder / "last", model, tokenizer, labels)
+        if improved:
+            _link_tree(folder / "last", folder / "best")
+        else:  # unchanged best: hard links to the previous snapshot's files, no copy
+            _link_tree(previous / "best", folder / "best")
         _save_optimizer(folder, getattr(optimizer, "optimizer", optimizer))  # unwrap accelerate's
         runs.write_json(folder / "state.json", loop_state)
 
-    runs.save_folder_atomically(work / "last", save_model)
-    if improved:
-        runs.save_folder_atomically(work / "best", save_model)
-    runs.save_folder_atomically(work / "checkpoint", save_checkpoint)
+    runs.save_folder_atomically(previous, save)
+
+
+def _link_tree(source: Path, target: Path) -> None:
+    target.mkdir(parents=True)
+    for item in source.iterdir():
+        try:
+            os.link(item, target / item.name)
+        except OSError:  # file systems without hard links
+            shutil.copy2(item, target / item.name)
+
+
+def _snapshot(work: Path) -> Path | None:
+    """The last complete epoch snapshot (recovering one left mid-swap by a crash)."""
+    current, old = work / SNAPSHOT, work / (SNAPSHOT + ".old")
+    if not current.exists() and old.exists():
+        os.replace(old, current)
+    return current if (current / "state.json").exists() else None
 
 
 def _report_data(dataset, encoded: dict[str, EncodedSplit], config: TrainConfig) -> None:
@@ -220,6 +255,17 @@ def _report_data(dataset, encoded: dict[str, EncodedSplit], config: TrainConfig)
     if cut:
         counts = ", ".join(f"{name} {n} of {len(encoded[name])}" for name, n in cut.items())
         print(f"inputs longer than {config.max_length} tokens, cut ({config.truncation}): {counts}", file=sys.stderr)
+
+
+def _check_max_length(model_config, max_length: int) -> None:
+    positions = getattr(model_config, "max_position_embeddings", None)
+    if positions is None:
+        return
+    # RoBERTa-style models number positions from padding_idx + 1
+    offset = (model_config.pad_token_id or 0) + 1 if model_config.model_type in ("roberta", "mpnet", "camembert",
+                                                                                 "xlm-roberta") else 0
+    if max_length > positions - offset:
+        raise EdgeclinError(f"--max-length {max_length} is longer than the model takes ({positions - offset} tokens)")
 
 
 def _summary_table(metrics: dict, output: Path) -> None:
@@ -260,24 +306,25 @@ def train(config: TrainConfig | None = None, *, resume: str | Path | None = None
         return _resume(Path(resume))
     config = config or TrainConfig(**options)
     config.check()
+    if not config.output and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # each process would pick its own time-stamped default folder
+        raise EdgeclinError("with several processes (accelerate launch), give the run folder with -o/--output")
     output = Path(config.output) if config.output else runs.default_run_dir(config.model, config.method)
     config.output = str(output)
     runs.check_output_free(output, config.overwrite)
-    work = runs.partial_dir(output)
-    if config.overwrite:
-        shutil.rmtree(work, ignore_errors=True)
-    return _run(config, output, work, state=None)
+    return _run(config, output, runs.partial_dir(output), state=None)
 
 
 def _resume(path: Path) -> TrainResult:
+    path = path.resolve()
     output = path.with_name(path.name.removesuffix(".partial")) if path.name.endswith(".partial") else path
     work = runs.partial_dir(output)
-    state_file = work / "checkpoint" / "state.json"
-    if not state_file.exists():
+    snapshot = _snapshot(work) if work.exists() else None
+    if snapshot is None:
         if output.exists() and (output / runs.METRICS).exists():
             raise EdgeclinError(f"{output} is a finished run; nothing to resume")
         raise EdgeclinError(f"nothing to resume: {work} has no finished epoch")
-    state = runs.read_json(state_file)
+    state = runs.read_json(snapshot / "state.json")
     config = TrainConfig(**state["config"])
     return _run(config, output, work, state=state)
 
@@ -311,6 +358,7 @@ def _run(config: TrainConfig, output: Path, work: Path, state: dict | None) -> T
     if config.progress:
         _report_data(dataset, encoded, config)
     model = load_classifier(resolved.path, dataset.labels)
+    _check_max_length(model.config, config.max_length)
     model = method.prepare(model, config)
     trainable, total = _count_parameters(model)
 
@@ -332,16 +380,19 @@ def _run(config: TrainConfig, output: Path, work: Path, state: dict | None) -> T
     if config.max_steps is not None:
         total_steps = min(total_steps, config.max_steps)
     epochs = math.ceil(total_steps / steps_per_epoch)
-    scheduler = get_scheduler(config.schedule, optimizer, num_warmup_steps=int(config.warmup_ratio * total_steps),
-                              num_training_steps=total_steps)
+    # accelerate steps a prepared scheduler once per process for each optimizer step
+    scale = accelerator.num_processes
+    scheduler = get_scheduler(config.schedule, optimizer,
+                              num_warmup_steps=int(config.warmup_ratio * total_steps) * scale,
+                              num_training_steps=total_steps * scale)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     unwrapped = accelerator.unwrap_model(model)
 
     history: list[dict] = []
     best_epoch, best_score, bad_epochs, step, start_epoch, train_seconds, samples_seen = 0, -1.0, 0, 0, 0, 0.0, 0
     if state is not None:
-        _load_trainable_state(unwrapped, work / "last")
-        _load_optimizer(work / "checkpoint", optimizer)
+        _load_trainable_state(unwrapped, work / SNAPSHOT / "last")
+        _load_optimizer(work / SNAPSHOT, optimizer)
         history, best_epoch, best_score = state["history"], state["best_epoch"], state["best_score"]
         bad_epochs, step, start_epoch = state["bad_epochs"], state["step"], state["epoch"]
         train_seconds, samples_seen = state["train_seconds"], state["samples_seen"]
@@ -363,7 +414,10 @@ def _run(config: TrainConfig, output: Path, work: Path, state: dict | None) -> T
         "processes": accelerator.num_processes,
     }
     if accelerator.is_main_process:
+        if state is None and work.exists():  # --overwrite of an interrupted run: only now, inputs are sound
+            shutil.rmtree(work)
         work.mkdir(parents=True, exist_ok=True)
+    accelerator.wait_for_everyone()
 
     finished = state is not None and state.get("stopped_early", False)
     try:
@@ -427,17 +481,18 @@ def _run(config: TrainConfig, output: Path, work: Path, state: dict | None) -> T
                     print(f"early stopping: no better validation {SELECTION_METRIC} for {patience} epochs",
                           file=sys.stderr)
                 break
-    except KeyboardInterrupt:
+    except BaseException as exc:  # interrupted or failed: keep a finished epoch, else leave nothing
         if accelerator.is_main_process:
-            if (work / "last").exists():
-                print(f"\ninterrupted: the last finished epoch is in {work / 'last'}; "
+            if _snapshot(work) is not None:
+                what = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"failed ({type(exc).__name__})"
+                print(f"\n{what}: the last finished epoch is in {work / SNAPSHOT / 'last'}; "
                       f"continue with: edgeclin train --resume {output}", file=sys.stderr)
             else:
                 shutil.rmtree(work, ignore_errors=True)
         raise
 
     # Test the best epoch's weights.
-    _load_trainable_state(unwrapped, work / "best")
+    _load_trainable_state(unwrapped, work / SNAPSHOT / "best")
     test_loader = accelerator.prepare(_loader(encoded["test"], config.batch_size * 2, pad_id, None, token_types))
     test_metrics, _, test_probabilities = evaluate(model, test_loader, accelerator, progress, "testing")
     memory = {"peak_rss_mb": peak_rss_mb()}
@@ -461,10 +516,9 @@ def _run(config: TrainConfig, output: Path, work: Path, state: dict | None) -> T
         },
     }
     if accelerator.is_main_process:
-        for item in (work / "best").iterdir():
+        for item in (work / SNAPSHOT / "best").iterdir():
             shutil.move(str(item), work / item.name)
-        for leftover in ("best", "last", "checkpoint"):
-            shutil.rmtree(work / leftover, ignore_errors=True)
+        shutil.rmtree(work / SNAPSHOT)
         runs.write_json(work / runs.RUN_RECORD, record)
         runs.write_json(work / runs.METRICS, metrics)
         runs.publish(work, output, config.overwrite)
