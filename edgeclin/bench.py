@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeclin import runs
+from edgeclin.data import Columns
 from edgeclin.errors import EdgeclinError
 from edgeclin.metrics import softmax
 
@@ -55,9 +56,12 @@ def plan_variants(sources: list[Path], baseline: Path | None, backends: list[str
 
     variants: list[Variant] = []
     gpu = torch.cuda.is_available()
-    all_sources = ([baseline] if baseline else []) + [s for s in sources if s != baseline]
+    baseline = baseline.resolve() if baseline else None
+    all_sources = list(dict.fromkeys(([baseline] if baseline else []) + [s.resolve() for s in sources]))
+    names = [s.name for s in all_sources]
     for source in all_sources:
-        label = source.resolve().name
+        # two sources with the same folder name (runs/a/model, runs/b/model) keep apart
+        label = source.name if names.count(source.name) == 1 else f"{source.parent.name}/{source.name}"
         if _is_bundle(source):
             manifest = runs.read_json(source / "manifest.json")
             precision = "int8" if manifest.get("quantization") else "fp32"
@@ -104,6 +108,8 @@ class Runner:
             self.input_names = self.classifier.input_names
             self.vocab_size = self.classifier.tokenizer.get_vocab_size()
             self.max_length = self.classifier.max_length
+            trained = self.classifier.manifest.get("columns", {})
+            self.columns = Columns(trained.get("text", "text"), trained.get("label", "label"), trained.get("text_pair"))
 
     def _load_torch(self, path: Path) -> None:
         import torch
@@ -123,6 +129,8 @@ class Runner:
         self.input_names = ["input_ids", "attention_mask"] + (
             ["token_type_ids"] if "token_type_ids" in self.tokenizer.model_input_names else [])
         self.vocab_size = self.model.config.vocab_size
+        self.columns = Columns(run.config.get("text_col", "text"), run.config.get("label_col", "label"),
+                               run.config.get("text_pair_col"))
         self.torch = torch
 
     def logits(self, feed: dict[str, np.ndarray]) -> np.ndarray:
@@ -222,7 +230,7 @@ def measure_latency(variants: list[Variant], thread_counts: list[int], batch_siz
     return rows
 
 
-def measure_end_to_end(variant: Variant, data: str, max_length: int, batch_size: int, threads: int) -> dict:
+def measure_end_to_end(variant: Variant, data: str, max_length: int | None, batch_size: int, threads: int) -> dict:
     """Run in a fresh process: load time, throughput on the test split, metric, peak RSS."""
     spec = {"variant": asdict(variant), "data": data, "max_length": max_length, "batch_size": batch_size,
             "threads": threads}
@@ -236,7 +244,7 @@ def measure_end_to_end(variant: Variant, data: str, max_length: int, batch_size:
 
 def _worker(spec: dict) -> dict:
     """The fresh-process side of ``measure_end_to_end``."""
-    from edgeclin.data import Columns, load_dataset, read_split
+    from edgeclin.data import load_dataset, read_split
     from edgeclin.hardware import peak_rss_mb
     from edgeclin.metrics import classification_metrics
 
@@ -245,21 +253,24 @@ def _worker(spec: dict) -> dict:
     runner = Runner(variant, spec["threads"])
     load_s = time.perf_counter() - start
     data = Path(spec["data"])
+    columns = runner.columns
     if data.is_dir():
-        examples = load_dataset(data, columns=Columns(), check=False).splits["test"].examples
+        examples = load_dataset(data, columns=columns, check=False).splits["test"].examples
     else:
-        examples = read_split(data, "test", Columns()).examples
-    texts, pairs = [e.text for e in examples], [e.text_pair for e in examples]
-    runner.predict_texts(texts[:8], pairs[:8], spec["max_length"], spec["batch_size"])  # warm-up
+        examples = read_split(data, "test", columns).examples
+    texts = [e.text for e in examples]
+    pairs = [e.text_pair for e in examples] if columns.text_pair else None
+    max_length = spec["max_length"] or runner.max_length
+    runner.predict_texts(texts[:8], pairs[:8] if pairs else None, max_length, spec["batch_size"])  # warm-up
     start = time.perf_counter()
-    probabilities = runner.predict_texts(texts, pairs, spec["max_length"], spec["batch_size"])
+    probabilities = runner.predict_texts(texts, pairs, max_length, spec["batch_size"])
     seconds = time.perf_counter() - start
     label2id = {label: i for i, label in enumerate(runner.labels_list)}
     known = [i for i, e in enumerate(examples) if e.label in label2id]
     metrics = classification_metrics([label2id[examples[i].label] for i in known], probabilities[known])
     return {"variant": variant.name, "texts": len(texts), "seconds": seconds, "texts_per_s": len(texts) / seconds,
             "load_s": load_s, "peak_rss_mb": peak_rss_mb(),
-            "metrics": metrics, "max_length": spec["max_length"], "threads": spec["threads"],
+            "metrics": metrics, "max_length": max_length, "threads": spec["threads"],
             "bytes": deploy_bytes(variant)}
 
 
@@ -288,12 +299,11 @@ def bench(sources: list[str | Path], *, baseline: str | Path | None = None, data
     if data is not None:
         from tqdm.auto import tqdm
 
-        e2e_length = max_length or max(seq_lens)
         for variant in tqdm(variants, desc="end to end", disable=not progress, file=sys.stderr):
             if variant.status != "ok":
                 end_to_end.append({"variant": variant.name, "status": variant.status})
                 continue
-            end_to_end.append(measure_end_to_end(variant, str(data), e2e_length, e2e_batch_size,
+            end_to_end.append(measure_end_to_end(variant, str(data), max_length, e2e_batch_size,
                                                  max(thread_counts)))
     results = {"environment": {**environment(), "versions": _versions(), "git_commit": runs.git_commit(),
                                "threads_measured": thread_counts},
@@ -323,7 +333,10 @@ def _baseline_name(results: dict) -> str | None:
 def write_outputs(results: dict, out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".partial")
-    tmp.mkdir(parents=True, exist_ok=True)
+    import shutil
+
+    shutil.rmtree(tmp, ignore_errors=True)  # never publish files of an earlier, broken run
+    tmp.mkdir(parents=True)
     runs.write_json(tmp / "results.json", results)
     with (tmp / "results.csv").open("w", newline="") as handle:
         writer = csv.writer(handle)
@@ -340,8 +353,6 @@ def write_outputs(results: dict, out: Path) -> None:
     (tmp / "report.md").write_text(report_markdown(results))
     plot(results, tmp)
     if out.exists():
-        import shutil
-
         shutil.rmtree(out)
     tmp.rename(out)
 
@@ -419,7 +430,18 @@ def plot(results: dict, folder: Path) -> None:
 
 def compare(first: str | Path, second: str | Path) -> str:
     """A table of second/first ratios for every measurement the two results files share."""
-    a, b = (runs.read_json(Path(p)) for p in (first, second))
+    def load(path) -> dict:
+        try:
+            results = runs.read_json(Path(path))
+        except FileNotFoundError:
+            raise EdgeclinError(f"no such results file: {path}") from None
+        except json.JSONDecodeError as exc:
+            raise EdgeclinError(f"{path}, line {exc.lineno}, column {exc.colno}: invalid JSON") from None
+        if not isinstance(results, dict) or "latency" not in results:
+            raise EdgeclinError(f"{path} is not an edgeclin bench results.json")
+        return results
+
+    a, b = load(first), load(second)
     lines = [f"# {second} vs {first} (ratio > 1: the second is faster)", "",
              "| variant | setting | first | second | ratio |", "|---|---|---:|---:|---:|"]
 

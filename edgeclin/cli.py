@@ -233,7 +233,7 @@ def _int_list(text: str) -> tuple[int, ...]:
 @click.option("--threads", default=None, help="Thread counts, e.g. 1,2. Default: 1 and all cores.")
 @click.option("--warmup", type=int, default=5, show_default=True)
 @click.option("--runs", "repeats", type=int, default=50, show_default=True, help="Timed runs per setting.")
-@click.option("--max-length", type=int, help="Max tokens end to end (default: the largest --seq-lens).")
+@click.option("--max-length", type=int, help="Max tokens end to end (default: each variant's trained max length).")
 @click.option("--backends", default="onnxruntime,openvino", show_default=True,
               help="Runtimes to measure bundles with (openvino is skipped, and says so, when not installed).")
 @click.option("--out", type=click.Path(file_okay=False), help="Output folder. Default: bench/<time>.")

@@ -17,7 +17,7 @@ def results_dir(lora_run, bundle, demo_folder, tmp_path_factory):
                  seq_lens=(16,), threads=(1,), warmup=1, repeats=3, out=out, progress=False)
 
 
-def test_outputs_and_every_variant_measured(results_dir):
+def test_outputs_and_every_variant_measured(results_dir, lora_run, bundle):
     names = {p.name for p in results_dir.iterdir()}
     assert {"results.json", "results.csv", "report.md", "latency_vs_batch.png", "accuracy_vs_latency.png"} <= names
     results = json.loads((results_dir / "results.json").read_text())
@@ -36,9 +36,13 @@ def test_outputs_and_every_variant_measured(results_dir):
         row = e2e[name]
         assert row["texts"] == 40 and row["texts_per_s"] > 0 and row["peak_rss_mb"] > 0 and row["bytes"] > 0
         assert 0 <= row["metrics"]["macro_f1"] <= 1
-    # int8 bundle and its fp32 PyTorch source agree closely on the metric; sizes differ
+    # each variant's metric is the one the rest of edgeclin measured on the same 40 test notes
     torch_row = next(r for n, r in e2e.items() if "pytorch fp32" in n)
     int8_row = next(r for n, r in e2e.items() if "onnxruntime int8" in n)
+    assert torch_row["metrics"] == pytest.approx(lora_run.metrics["test"], abs=1e-6)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    gated = next(v for v in manifest["gate"]["variants"] if v["name"] == manifest["chosen"])
+    assert int8_row["metrics"] == pytest.approx(gated["metrics"], abs=1e-6)
     assert int8_row["bytes"] < torch_row["bytes"]
     report = (results_dir / "report.md").read_text()
     assert "1.00x" in report and "Baseline" in report

@@ -169,3 +169,41 @@ def test_data_parallel_training_under_a_launcher(tiny_bert, demo_folder, tmp_pat
                            str(demo_folder), "--max-length", "48"], capture_output=True, text=True, timeout=300,
                           env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
     assert proc.returncode != 0 and "give the run folder with -o" in proc.stderr
+
+
+def test_python_api_and_max_length_bound(tiny_bert, demo_folder, tmp_path):
+    import edgeclin
+
+    result = edgeclin.train(model=str(tiny_bert), data=str(demo_folder), output=str(tmp_path / "api"), epochs=1,
+                            max_length=48, precision="fp32", progress=False)
+    assert (result.output / "metrics.json").exists() and isinstance(edgeclin.TrainConfig(), edgeclin.TrainConfig)
+    with pytest.raises(EdgeclinError, match="longer than the model takes \\(128 tokens\\)"):
+        edgeclin.train(model=str(tiny_bert), data=str(demo_folder), output=str(tmp_path / "long"), max_length=512,
+                       progress=False)
+    assert not (tmp_path / "long").exists() and not (tmp_path / "long.partial").exists()
+
+
+def test_interruption_while_saving_an_epoch_resumes_cleanly(tiny_bert, demo_folder, tmp_path, monkeypatch):
+    """Ctrl-C in the middle of writing epoch 2: epoch 1's snapshot stays whole and resumes exactly."""
+    import edgeclin.training as train_module
+
+    reference = train(config(tiny_bert, demo_folder, tmp_path / "reference", epochs=3)).metrics
+    real_save, calls = train_module._save_optimizer, {"n": 0}
+
+    def interrupt_second_save(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:  # epoch 2's weights are written by now; its state is not
+            raise KeyboardInterrupt
+        return real_save(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "_save_optimizer", interrupt_second_save)
+    output = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        train(config(tiny_bert, demo_folder, output, epochs=3))
+    monkeypatch.setattr(train_module, "_save_optimizer", real_save)
+    work = runs.partial_dir(output)
+    assert json.loads((work / "epoch" / "state.json").read_text())["epoch"] == 1
+    assert not (work / "epoch.tmp").exists()
+    resumed = train(resume=output).metrics
+    assert resumed["test"] == pytest.approx(reference["test"])
+    assert [e["train_loss"] for e in resumed["epochs"]] == pytest.approx([e["train_loss"] for e in reference["epochs"]])
