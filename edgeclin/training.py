@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeclin import runs
-from edgeclin.data import Columns, load_dataset
+from edgeclin.data import DEMO_DATA, Columns, load_dataset
 from edgeclin.encoding import TRUNCATION_STRATEGIES, EncodedSplit, encode_examples, pad_batch
 from edgeclin.errors import EdgeclinError
 from edgeclin.hardware import environment, peak_rss_mb, resolve_device, resolve_precision
@@ -306,6 +306,11 @@ def train(config: TrainConfig | None = None, *, resume: str | Path | None = None
         return _resume(Path(resume))
     config = config or TrainConfig(**options)
     config.check()
+    # absolute data paths in the run record: merge and export find the data from anywhere
+    for name in ("data", "train_file", "valid_file", "test_file"):
+        value = getattr(config, name)
+        if value and value != DEMO_DATA and Path(value).exists():
+            setattr(config, name, str(Path(value).resolve()))
     if not config.output and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         # each process would pick its own time-stamped default folder
         raise EdgeclinError("with several processes (accelerate launch), give the run folder with -o/--output")
