@@ -72,7 +72,7 @@ def tiny_bert(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("tiny-bert")
     tokenizer = _tiny_tokenizer(folder)
     config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=128, num_labels=2)
+                        intermediate_size=64, max_position_embeddings=512, num_labels=2)
     model = BertForSequenceClassification(config)
     model.save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)

@@ -177,8 +177,8 @@ def test_python_api_and_max_length_bound(tiny_bert, demo_folder, tmp_path):
     result = edgeclin.train(model=str(tiny_bert), data=str(demo_folder), output=str(tmp_path / "api"), epochs=1,
                             max_length=48, precision="fp32", progress=False)
     assert (result.output / "metrics.json").exists() and isinstance(edgeclin.TrainConfig(), edgeclin.TrainConfig)
-    with pytest.raises(EdgeclinError, match="longer than the model takes \\(128 tokens\\)"):
-        edgeclin.train(model=str(tiny_bert), data=str(demo_folder), output=str(tmp_path / "long"), max_length=512,
+    with pytest.raises(EdgeclinError, match="longer than the model takes \\(512 tokens\\)"):
+        edgeclin.train(model=str(tiny_bert), data=str(demo_folder), output=str(tmp_path / "long"), max_length=600,
                        progress=False)
     assert not (tmp_path / "long").exists() and not (tmp_path / "long.partial").exists()
 
