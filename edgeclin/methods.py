@@ -179,8 +179,8 @@ NOT_MERGEABLE = ("its trained virtual tokens are extra inputs to every layer, no
 # Default learning rates: LoRA and full from benchmarks/search_defaults.py (see README, "Defaults");
 # the others start from Taylor et al. 2024's (1e-3 IA3, prompt, P-tuning; 1e-2 prefix tuning).
 METHODS: dict[str, Method] = {
-    "full": Method("full", default_lr=1e-4, mergeable=True, saves_adapter=False, prepare=_prepare_full),
-    "lora": Method("lora", default_lr=2e-3, mergeable=True, saves_adapter=True, prepare=_prepare_lora),
+    "full": Method("full", default_lr=2e-4, mergeable=True, saves_adapter=False, prepare=_prepare_full),
+    "lora": Method("lora", default_lr=4e-3, mergeable=True, saves_adapter=True, prepare=_prepare_lora),
     "ia3": Method("ia3", default_lr=1e-3, mergeable=True, saves_adapter=True, prepare=_prepare_ia3),
     "prefix": Method("prefix", default_lr=1e-2, mergeable=False, saves_adapter=True,
                      prepare=_prompt_learning("prefix")),
