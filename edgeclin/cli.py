@@ -73,7 +73,8 @@ def main() -> None:
               help="Virtual tokens for prefix, prompt and P-tuning.")
 @click.option("--epochs", type=int, default=4, show_default=True)
 @click.option("--max-steps", type=int, help="Stop after this many optimizer steps.")
-@click.option("--lr", type=float, help="Learning rate. Default per method: lora 4e-3, full 2e-4 (others: ia3, prompt, ptuning 1e-3; prefix 1e-2).")
+@click.option("--lr", type=float, help="Learning rate. Default per method: lora 4e-3, full 2e-4 "
+              "(ia3, prompt, ptuning 1e-3; prefix 1e-2).")
 @click.option("--warmup-ratio", type=float, default=0.1, show_default=True,
               help="Fraction of steps spent warming up.")
 @click.option("--schedule", type=click.Choice(["linear", "cosine", "constant_with_warmup"]), default="linear",
