@@ -88,8 +88,7 @@ def main() -> None:
 @click.option("--seed", type=int, default=42, show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
-              help="auto: bf16 autocast on GPUs and on CPUs with AMX/AVX512-BF16 (2x faster, same accuracy), "
-              "else fp32.")
+              help="auto: bf16 autocast on GPUs, fp32 on CPUs (bf16 measured slower on CPU; see README).")
 @click.option("--early-stopping-patience", type=int,
               help="Stop after N epochs without a better validation macro-F1.")
 @click.option("-o", "--output", type=click.Path(file_okay=False),

@@ -51,17 +51,18 @@ def resolve_device(device: str) -> str:
 
 
 def resolve_precision(precision: str, device: str) -> str:
-    """``auto``: bf16 where the hardware runs it natively, else fp32 (fp16 on old GPUs).
+    """``auto``: bf16 autocast on GPUs (fp16 on GPUs without bf16), fp32 on CPUs.
 
-    bf16 autocast keeps fp32 master weights, so the optimiser is unaffected; on this
-    project's AMX CPUs it trains 2x faster at the same accuracy (README, "Defaults").
+    bf16 gave the same accuracy as fp32, but on the project's AMX CPU with torch 2.13 it
+    trained *slower* (0.67-0.85x; benchmarks/results/train_precision.md), so the CPU default is
+    fp32. ``--precision bf16`` stays available for CPUs and builds where it measures faster.
     """
     import torch
 
     if precision == "auto":
         if device == "cuda":
             return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        return "bf16" if cpu_has_fast_bf16() else "fp32"
+        return "fp32"
     if precision == "fp16" and device == "cpu":
         raise EdgeclinError("--precision fp16 needs a GPU; on CPU use bf16 or fp32")
     if precision not in ("fp32", "bf16", "fp16"):
