@@ -39,7 +39,11 @@ def test_outputs_and_every_variant_measured(results_dir, lora_run, bundle):
     # each variant's metric is the one the rest of edgeclin measured on the same 40 test notes
     torch_row = next(r for n, r in e2e.items() if "pytorch fp32" in n)
     int8_row = next(r for n, r in e2e.items() if "onnxruntime int8" in n)
-    assert torch_row["metrics"] == pytest.approx(lora_run.metrics["test"], abs=1e-6)
+    # (bench runs the merged model: the same predictions, probabilities equal to ~1e-6, so AUROC
+    # may move by a tie or two)
+    for key in ("accuracy", "macro_f1", "weighted_f1"):
+        assert torch_row["metrics"][key] == pytest.approx(lora_run.metrics["test"][key], abs=1e-6)
+    assert torch_row["metrics"]["auroc"] == pytest.approx(lora_run.metrics["test"]["auroc"], abs=5e-3)
     manifest = json.loads((bundle / "manifest.json").read_text())
     gated = next(v for v in manifest["gate"]["variants"] if v["name"] == manifest["chosen"])
     assert int8_row["metrics"] == pytest.approx(gated["metrics"], abs=1e-6)
