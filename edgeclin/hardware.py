@@ -34,7 +34,7 @@ def cpu_model() -> str:
 
 
 def cpu_has_fast_bf16() -> bool:
-    """AMX or AVX512-BF16: bf16 matrix work runs natively, about 2x fp32 for training."""
+    """AMX or AVX512-BF16: the CPU has native bf16 matrix instructions (not always faster: measure)."""
     return bool({"amx_bf16", "avx512_bf16"} & cpu_flags())
 
 
@@ -53,7 +53,7 @@ def resolve_device(device: str) -> str:
 def resolve_precision(precision: str, device: str) -> str:
     """``auto``: bf16 autocast on GPUs (fp16 on GPUs without bf16), fp32 on CPUs.
 
-    bf16 gave the same accuracy as fp32, but on the project's AMX CPU with torch 2.13 it
+    bf16 gave the same accuracy as fp32, but on the project's CPU (AVX512-BF16, no AMX) with torch 2.13 it
     trained *slower* (0.67-0.85x; benchmarks/results/train_precision.md), so the CPU default is
     fp32. ``--precision bf16`` stays available for CPUs and builds where it measures faster.
     """
