@@ -38,10 +38,6 @@ class Variant:
     status: str = "ok"  # or "not run: ..."
     baseline: bool = False
 
-    @property
-    def key(self) -> str:
-        return self.name
-
 
 def _is_bundle(path: Path) -> bool:
     return (path / "manifest.json").exists()

@@ -39,6 +39,24 @@ def load_predictions(run_dir, texts):
         return model(**inputs).logits
 
 
+def train_interrupted(monkeypatch, function: str, on_call: int, run_config) -> None:
+    """Train with ``edgeclin.training.<function>`` raising KeyboardInterrupt on its ``on_call``-th call."""
+    import edgeclin.training as train_module
+
+    real, calls = getattr(train_module, function), {"n": 0}
+
+    def interrupting(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == on_call:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, function, interrupting)
+    with pytest.raises(KeyboardInterrupt):
+        train(run_config)
+    monkeypatch.setattr(train_module, function, real)
+
+
 @pytest.mark.parametrize("method", ["lora", "full"])
 def test_run_folder_is_complete_and_reloads(tiny_bert, demo_folder, tmp_path, method):
     output = tmp_path / "run"
@@ -93,23 +111,10 @@ def test_same_seed_same_result(tiny_bert, demo_folder, tmp_path):
 
 def test_interrupted_run_keeps_last_epoch_and_resumes_to_the_same_result(tiny_bert, demo_folder, tmp_path,
                                                                           monkeypatch):
-    import edgeclin.training as train_module
-
     reference = train(config(tiny_bert, demo_folder, tmp_path / "reference", epochs=3)).metrics
 
-    real_evaluate, calls = train_module.evaluate, {"n": 0}
-
-    def interrupt_on_second_validation(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return real_evaluate(*args, **kwargs)
-
-    monkeypatch.setattr(train_module, "evaluate", interrupt_on_second_validation)
     output = tmp_path / "interrupted"
-    with pytest.raises(KeyboardInterrupt):
-        train(config(tiny_bert, demo_folder, output, epochs=3))
-    monkeypatch.setattr(train_module, "evaluate", real_evaluate)
+    train_interrupted(monkeypatch, "evaluate", 2, config(tiny_bert, demo_folder, output, epochs=3))
 
     work = runs.partial_dir(output)
     assert not output.exists() and (work / "epoch" / "last" / "adapter_model.safetensors").exists()
@@ -185,22 +190,10 @@ def test_python_api_and_max_length_bound(tiny_bert, demo_folder, tmp_path):
 
 def test_interruption_while_saving_an_epoch_resumes_cleanly(tiny_bert, demo_folder, tmp_path, monkeypatch):
     """Ctrl-C in the middle of writing epoch 2: epoch 1's snapshot stays whole and resumes exactly."""
-    import edgeclin.training as train_module
-
     reference = train(config(tiny_bert, demo_folder, tmp_path / "reference", epochs=3)).metrics
-    real_save, calls = train_module._save_optimizer, {"n": 0}
-
-    def interrupt_second_save(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 2:  # epoch 2's weights are written by now; its state is not
-            raise KeyboardInterrupt
-        return real_save(*args, **kwargs)
-
-    monkeypatch.setattr(train_module, "_save_optimizer", interrupt_second_save)
     output = tmp_path / "run"
-    with pytest.raises(KeyboardInterrupt):
-        train(config(tiny_bert, demo_folder, output, epochs=3))
-    monkeypatch.setattr(train_module, "_save_optimizer", real_save)
+    # the second save: epoch 2's weights are written by now, its state is not
+    train_interrupted(monkeypatch, "_save_optimizer", 2, config(tiny_bert, demo_folder, output, epochs=3))
     work = runs.partial_dir(output)
     assert json.loads((work / "epoch" / "state.json").read_text())["epoch"] == 1
     assert not (work / "epoch.tmp").exists()
