@@ -275,5 +275,103 @@ def demo_data(folder) -> None:
     click.echo(f"wrote {', '.join(str(p) for p in written.values())} (synthetic, not patient data)")
 
 
+@main.group("data")
+def data_group() -> None:
+    """Build edgeclin data folders from licensed corpora you hold (MIMIC, i2b2/n2c2)."""
+
+
+def _invocation(ctx: click.Context) -> str:
+    """The command as typed (options given on the command line only), for the README of the data it built."""
+    import shlex
+
+    from click.core import ParameterSource
+
+    words = ["edgeclin", "data", ctx.command.name or ""]
+    for param in ctx.command.params:
+        if not isinstance(param, click.Option) or ctx.get_parameter_source(param.name) != ParameterSource.COMMANDLINE:
+            continue
+        value = ctx.params[param.name]
+        flag = max(param.opts, key=len)
+        if param.is_flag:
+            words += [flag] if value else []
+        else:
+            words += [flag, str(value)]
+    return shlex.join(words)
+
+
+@data_group.command("mimic")
+@click.option("--notes", required=True, type=click.Path(dir_okay=False),
+              help="MIMIC-III NOTEEVENTS.csv or MIMIC-IV-Note discharge.csv (.gz is fine).")
+@click.option("--admissions", required=True, type=click.Path(dir_okay=False),
+              help="ADMISSIONS.csv (MIMIC-III) or admissions.csv (MIMIC-IV), .gz is fine.")
+@click.option("--diagnoses", type=click.Path(dir_okay=False), help="DIAGNOSES_ICD.csv[.gz]; needed by --task dia.")
+@click.option("--procedures", type=click.Path(dir_okay=False),
+              help="PROCEDURES_ICD.csv[.gz]; needed by --task pro.")
+@click.option("--task", required=True, type=click.Choice(["mp", "los", "dia", "pro"]),
+              help="mp: in-hospital mortality; los: length of stay (4 buckets); dia/pro: diagnosis/procedure "
+              "code categories (multi-label).")
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Data folder to write.")
+@click.option("--version", "version", type=click.Choice(["auto", "iii", "iv"]), default="auto", show_default=True,
+              help="MIMIC release; auto reads it from the notes file's header (and checks the other files).")
+@click.option("--icd-version", type=click.Choice(["9", "10"]), default="9", show_default=True,
+              help="MIMIC-IV codes: keep ICD-9 or ICD-10 rows (MIMIC-III has ICD-9 only).")
+@click.option("--seed", type=int, default=42, show_default=True, help="Seed of the patient split.")
+@click.option("--keep-unseen-codes", is_flag=True,
+              help="dia/pro: keep codes that never occur in train in the valid/test labels (default: remove them).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+@click.pass_context
+@_friendly_errors
+def data_mimic(ctx, notes, admissions, diagnoses, procedures, task, output, version, icd_version, seed,
+               keep_unseen_codes, overwrite, quiet) -> None:
+    """Clinical outcome prediction from admission notes (van Aken et al. 2021) as train/valid/test CSV.
+
+    \b
+    Streams the notes file (bounded memory); splits 70/10/20 by patient. Examples:
+      edgeclin data mimic --notes NOTEEVENTS.csv.gz --admissions ADMISSIONS.csv.gz --task mp -o mimic-mp
+      edgeclin data mimic --notes NOTEEVENTS.csv.gz --admissions ADMISSIONS.csv.gz \\
+          --diagnoses DIAGNOSES_ICD.csv.gz --task dia -o mimic-dia
+    """
+    from edgeclin.builders.mimic import build_mimic
+
+    result = build_mimic(notes, admissions, task, output, diagnoses=diagnoses, procedures=procedures,
+                         version=version, icd_version=int(icd_version), seed=seed,
+                         keep_unseen_codes=keep_unseen_codes, overwrite=overwrite,
+                         progress=not quiet, command=_invocation(ctx))
+    rows = ", ".join(f"{name} {n:,}" for name, n in result.rows.items())
+    click.echo(f"{result.output}: {rows} admissions; counts and what was left out in {result.output}/README.md")
+    empty = [name for name, n in result.rows.items() if not n]
+    if empty:
+        click.echo(f"edgeclin: warning: no admission in {', '.join(empty)} (too few patients)", err=True)
+
+
+@data_group.command("i2b2")
+@click.option("--year", required=True, type=click.Choice(["2010", "2012", "2014"]),
+              help="2010 concepts, 2012 temporal events and expressions, 2014 de-identification.")
+@click.option("--input", "input_dir", required=True, type=click.Path(file_okay=False),
+              help="Folder holding train/ and test/: the released training and test files, unpacked.")
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Data folder to write.")
+@click.option("--seed", type=int, default=42, show_default=True, help="Seed of the held-out valid documents.")
+@click.option("--valid-fraction", type=float, default=0.1, show_default=True,
+              help="Share of training documents held out as valid.")
+@click.option("--categories", is_flag=True, help="2014: tag the 7 PHI categories instead of the 23 types.")
+@click.option("--skip-bad-annotations", is_flag=True,
+              help="Drop (and count) annotations that do not match their text instead of failing.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
+@click.pass_context
+@_friendly_errors
+def data_i2b2(ctx, year, input_dir, output, seed, valid_fraction, categories, skip_bad_annotations,
+              overwrite) -> None:
+    """i2b2/n2c2 NER releases as BIO-tagged train/valid/test JSONL ({"tokens": [...], "tags": [...]})."""
+    from edgeclin.builders.i2b2 import build_i2b2
+
+    result = build_i2b2(int(year), input_dir, output, seed=seed, valid_fraction=valid_fraction,
+                        categories=categories, skip_bad_annotations=skip_bad_annotations, overwrite=overwrite,
+                        command=_invocation(ctx))
+    parts = ", ".join(f"{name} {result.documents[name]} documents / {result.sentences[name]:,} sentences"
+                      for name in result.documents)
+    click.echo(f"{result.output}: {parts}; entity counts in {result.output}/README.md")
+
+
 if __name__ == "__main__":
     main()
