@@ -28,7 +28,7 @@ $(STAMP): pyproject.toml
 		$(BIN)/python -m pip install -q torch==2.13.0 || \
 		$(BIN)/python -m pip install -q torch --index-url $(TORCH_CPU_INDEX); \
 	fi
-	$(BIN)/python -m pip install -q -e '.[dev,openvino]'
+	$(BIN)/python -m pip install -q -e '.[dev,openvino,sweep]'
 	touch $(STAMP)
 
 # The whole path on the built-in model and synthetic notes, offline: train LoRA (prints test

@@ -23,7 +23,7 @@ import numpy as np
 from edgeclin import runs
 from edgeclin.data import Columns
 from edgeclin.errors import EdgeclinError
-from edgeclin.metrics import softmax
+from edgeclin.tasks import TOKEN, scores_from_logits
 
 NO_GPU = "not run: no GPU"
 
@@ -92,20 +92,25 @@ class Runner:
         if variant.engine == "torch":
             self._load_torch(path)
         else:
-            from edgeclin.runtime import Bundle, OnnxRuntimeEngine
+            from edgeclin.runtime import OnnxRuntimeEngine, load
 
             if variant.device == "cuda":
-                bundle = Bundle(path, threads=threads)
+                bundle = load(path, threads=threads)
                 bundle.engine = OnnxRuntimeEngine(path / "model.onnx", threads,
                                                   providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
                 self.classifier = bundle
             else:
-                self.classifier = Bundle(path, threads=threads, backend=variant.engine)
+                self.classifier = load(path, threads=threads, backend=variant.engine)
+            self.task = self.classifier.task
+            self.threshold = getattr(self.classifier, "threshold", None)
             self.input_names = self.classifier.input_names
             self.vocab_size = self.classifier.tokenizer.get_vocab_size()
             self.max_length = self.classifier.max_length
             trained = self.classifier.manifest.get("columns", {})
             self.columns = Columns(trained.get("text", "text"), trained.get("label", "label"), trained.get("text_pair"))
+        if self.task == TOKEN:
+            raise EdgeclinError(f"{path}: edgeclin bench measures classifiers; NER models are not supported yet "
+                                "(edgeclin predict gives their entity F1)")
 
     def _load_torch(self, path: Path) -> None:
         import torch
@@ -114,6 +119,7 @@ class Runner:
         from edgeclin.models import load_tokenizer
 
         run = open_model_folder(path)
+        self.task, self.threshold = run.task, run.threshold
         model = load_torch_model(run)
         if run.is_adapter:  # deployable PyTorch is the merged model: no adapter overhead per call
             model = model.merge_and_unload()
@@ -159,7 +165,7 @@ class Runner:
             if out is None:
                 out = np.zeros((len(texts), logits.shape[1]), dtype=np.float32)
             out[rows] = logits
-        return softmax(out)
+        return scores_from_logits(self.task, out)
 
     @property
     def labels_list(self) -> list[str]:
@@ -242,7 +248,8 @@ def _worker(spec: dict) -> dict:
     """The fresh-process side of ``measure_end_to_end``."""
     from edgeclin.data import load_dataset, read_split
     from edgeclin.hardware import peak_rss_mb
-    from edgeclin.metrics import classification_metrics
+    from edgeclin.metrics import task_metrics
+    from edgeclin.tasks import MULTI_LABEL
 
     variant = Variant(**spec["variant"])
     start = time.perf_counter()
@@ -251,9 +258,12 @@ def _worker(spec: dict) -> dict:
     data = Path(spec["data"])
     columns = runner.columns
     if data.is_dir():
-        examples = load_dataset(data, columns=columns, check=False).splits["test"].examples
+        examples = load_dataset(data, columns=columns, check=False,
+                                multi_label=runner.task == MULTI_LABEL).splits["test"].examples
     else:
-        examples = read_split(data, "test", columns).examples
+        from edgeclin.data import LabelFormat
+
+        examples = read_split(data, "test", columns, label_format=LabelFormat(runner.task)).examples
     texts = [e.text for e in examples]
     pairs = [e.text_pair for e in examples] if columns.text_pair else None
     max_length = spec["max_length"] or runner.max_length
@@ -261,9 +271,9 @@ def _worker(spec: dict) -> dict:
     start = time.perf_counter()
     probabilities = runner.predict_texts(texts, pairs, max_length, spec["batch_size"])
     seconds = time.perf_counter() - start
-    label2id = {label: i for i, label in enumerate(runner.labels_list)}
-    known = [i for i, e in enumerate(examples) if e.label in label2id]
-    metrics = classification_metrics([label2id[examples[i].label] for i in known], probabilities[known])
+    known = [i for i, e in enumerate(examples) if runner.task == MULTI_LABEL or e.label in runner.labels_list]
+    metrics = task_metrics(runner.task, [examples[i] for i in known], probabilities[known], runner.labels_list,
+                           runner.threshold)
     return {"variant": variant.name, "texts": len(texts), "seconds": seconds, "texts_per_s": len(texts) / seconds,
             "load_s": load_s, "peak_rss_mb": peak_rss_mb(),
             "metrics": metrics, "max_length": max_length, "threads": spec["threads"],

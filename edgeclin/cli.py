@@ -48,13 +48,21 @@ def main() -> None:
 @main.command()
 @click.option("--model", default="all-MiniLM-L6-v2", show_default=True,
               help="Built-in name, local Hugging Face folder, or hub id (e.g. nlpie/bio-mobilebert).")
+@click.option("--init", type=click.Choice(["pretrained", "random"]), default="pretrained", show_default=True,
+              help="random: the architecture with random weights, offline (presets too: tiny-biobert, bio-mobilebert, "
+              "distil-biobert, biobert); for latency and cost work, accuracy means nothing.")
 @click.option("--data", type=str, default=None,
               help="Folder with train/valid/test .csv or .jsonl files. Default: built-in synthetic demo notes.")
 @click.option("--train", "train_file", type=click.Path(dir_okay=False), help="Training file (overrides --data's).")
 @click.option("--valid", "valid_file", type=click.Path(dir_okay=False), help="Validation file.")
 @click.option("--test", "test_file", type=click.Path(dir_okay=False), help="Test file.")
 @click.option("--text-col", default="text", show_default=True, help="Column holding the text.")
-@click.option("--label-col", default="label", show_default=True, help="Column holding the label.")
+@click.option("--label-col", default="label", show_default=True,
+              help="Column holding the label. NER data (JSONL with tokens and tags lists) is recognised by itself.")
+@click.option("--multi-label", is_flag=True,
+              help="Several labels per row: sigmoid outputs, a threshold tuned on validation, micro-F1. "
+              "(JSONL label lists switch this on by themselves.)")
+@click.option("--label-sep", default=";", show_default=True, help="Separator of the labels in a multi-label cell.")
 @click.option("--text-pair-col", default=None, help="Column holding a second text (sentence pairs).")
 @click.option("--skip-bad-rows", is_flag=True,
               help="Drop empty or non-UTF-8 rows (and report how many) instead of failing.")
@@ -162,10 +170,14 @@ def merge(run, output, eval_data, overwrite) -> None:
 @click.option("--static", is_flag=True, help="Also try calibrated static int8 (QDQ, MatMul only) first.")
 @click.option("--calibration", type=int, default=300, show_default=True, help="Training texts for --static.")
 @click.option("--max-drop", type=float, default=1.0, show_default=True,
-              help="Most macro-F1 points int8 may lose against fp32 before the next setting is tried.")
+              help="Most points of the task metric (macro-F1; multi-label micro-F1; NER entity F1) int8 may lose "
+              "against fp32 before the next setting is tried.")
 @click.option("--force", is_flag=True, help="Write the requested int8 bundle even if no setting passes the gate.")
 @click.option("--eval-data", type=click.Path(file_okay=False),
               help="Data folder whose test split gates the export (default: the run's own test split).")
+@click.option("--openvino-fp32", is_flag=True,
+              help="Also carry the fp32 graph (model.fp32.onnx) for OpenVINO in bf16, which is fastest on CPUs "
+              "with AMX; the backends are measured at export and predict --backend auto picks the winner.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing bundle folder.")
 @click.option("--quiet", is_flag=True)
 @_friendly_errors
@@ -198,22 +210,29 @@ def export_command(source, **options) -> None:
 @click.option("--label-col", help="Label column; if present, a metrics summary is printed.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), help="Inference threads (default: all cores).")
-@click.option("--backend", type=click.Choice(["onnxruntime", "openvino"]), default="onnxruntime", show_default=True,
-              help="openvino (optional package) runs the same ONNX file, in bf16 on AMX/AVX512-BF16 CPUs.")
+@click.option("--backend", type=click.Choice(["auto", "onnxruntime", "openvino"]), default="auto", show_default=True,
+              help="auto: what export measured fastest at equal accuracy on this kind of CPU (else onnxruntime); "
+              "openvino (optional package) runs model.onnx with OpenVINO.")
 @_friendly_errors
 def predict(bundle, data_file, output, text_col, text_pair_col, label_col, batch_size, threads, backend) -> None:
-    """Classify texts with an exported bundle: onnxruntime and tokenizers only (no torch).
+    """Classify texts, or tag entities, with an exported bundle: onnxruntime and tokenizers only (no torch).
 
     The bundle's checksums are verified first; a changed or incomplete bundle is refused.
+    Multi-label bundles give the label set (at the threshold tuned on validation) and every
+    label's probability. NER bundles take JSONL with "tokens" lists, or raw text (--text-col),
+    and give each row's entities with character offsets.
     """
     from edgeclin.predict import predict_file
 
     summary = predict_file(bundle, data_file, output, text_col=text_col, text_pair_col=text_pair_col,
                            label_col=label_col, batch_size=batch_size, threads=threads, backend=backend)
     if summary.get("metrics"):
+        from edgeclin.tasks import DISPLAY_COLUMNS
+
         m = summary["metrics"]
-        click.echo(f"{summary['rows']} rows: macro-F1 {100 * m['macro_f1']:.1f}, accuracy {100 * m['accuracy']:.1f}",
-                   err=True)
+        shown = ", ".join(f"{heading} {100 * m[key]:.1f}" for key, heading in DISPLAY_COLUMNS[summary["task"]][:2]
+                          if m.get(key) is not None)
+        click.echo(f"{summary['rows']} rows: {shown}", err=True)
 
 
 def _int_list(text: str) -> tuple[int, ...]:

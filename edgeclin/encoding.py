@@ -12,13 +12,23 @@ tokens), and silent truncation hides that. Here every text is tokenised in full,
 For text pairs the longer text is trimmed first, so a short statement survives a long
 premise. Special tokens are kept where the tokenizer put them, so this works for any
 fast tokenizer (BERT, RoBERTa, MPNet, ...).
+
+NER examples arrive as words: each word is split into pieces, the word's tag sits on its
+first piece (the others are ignored, label -100), and words beyond ``max_length`` are cut
+from the end and counted.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from edgeclin.data import Example
+from edgeclin.tasks import MULTI_LABEL, SINGLE_LABEL, TOKEN, first_piece_positions
+
+IGNORE_INDEX = -100  # positions the loss and the metrics skip (PyTorch's default ignore_index)
+# words of raw text for NER: runs of letters/digits, or one punctuation mark (BERT's own split)
+WORD_PATTERN = re.compile(r"\w+|[^\w\s]")
 
 TRUNCATION_STRATEGIES = ("head", "tail", "head+tail")
 
@@ -27,9 +37,10 @@ TRUNCATION_STRATEGIES = ("head", "tail", "head+tail")
 class EncodedSplit:
     input_ids: list[list[int]]
     token_type_ids: list[list[int]]
-    labels: list[int]
+    labels: list  # int per row; multi-hot floats (multi-label); int per piece (NER)
     truncated: int = 0
     lengths: list[int] = field(default_factory=list)
+    word_ids: list[list[int | None]] = field(default_factory=list)  # NER: word of each piece
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -109,17 +120,76 @@ def encode_texts(
     return all_ids, all_types, truncated
 
 
+def encode_words(tokenizer, words: list[list[str]], max_length: int
+                 ) -> tuple[list[list[int]], list[list[int]], list[list[int | None]], int]:
+    """Pieces of pre-split words: ids, token types, the word of each piece; and how many were cut.
+
+    Cutting keeps the special tokens and drops pieces from the end (NER labels every word,
+    so there is no sensible "middle" to drop).
+    """
+    plain = plain_tokenizer(tokenizer)
+    encodings = plain.encode_batch(words, is_pretokenized=True, add_special_tokens=True)
+    all_ids, all_types, all_words, truncated = [], [], [], 0
+    for encoding in encodings:
+        ids, types, word_ids = encoding.ids, encoding.type_ids, list(encoding.word_ids)
+        if len(ids) > max_length:
+            truncated += 1
+            n_special = sum(w is None for w in word_ids)
+            budget = max_length - n_special
+            keep, used = [], 0
+            for position, word in enumerate(word_ids):
+                if word is None:
+                    keep.append(position)
+                elif used < budget:
+                    keep.append(position)
+                    used += 1
+            ids, types, word_ids = [ids[p] for p in keep], [types[p] for p in keep], [word_ids[p] for p in keep]
+        all_ids.append(ids)
+        all_types.append(types)
+        all_words.append(word_ids)
+    return all_ids, all_types, all_words, truncated
+
+
+def split_words(text: str) -> list[tuple[str, int, int]]:
+    """Raw text as (word, start, end) character spans, for NER on text that is not pre-split."""
+    return [(m.group(), m.start(), m.end()) for m in WORD_PATTERN.finditer(text)]
+
+
+def piece_labels(word_ids: list[int | None], tags: tuple[str, ...], label2id: dict[str, int]) -> list[int]:
+    """The tag id of each word on its first piece; IGNORE_INDEX elsewhere."""
+    labels = [IGNORE_INDEX] * len(word_ids)
+    for word, position in enumerate(first_piece_positions(word_ids)):
+        labels[position] = label2id.get(tags[word], IGNORE_INDEX)  # a type unseen in training: not learnt
+    return labels
+
+
 def encode_examples(
     tokenizer,
     examples: list[Example],
     label2id: dict[str, int] | None,
     max_length: int,
     truncation: str = "head",
+    task: str = SINGLE_LABEL,
 ) -> EncodedSplit:
-    """Tokenise examples; cut each to ``max_length`` tokens with ``truncation``."""
+    """Tokenise examples; cut each to ``max_length`` tokens with ``truncation``; encode labels for ``task``."""
+    if task == TOKEN:
+        ids, types, word_ids, truncated = encode_words(tokenizer, [list(e.tokens) for e in examples], max_length)
+        labels = ([piece_labels(w, e.tags, label2id) for w, e in zip(word_ids, examples, strict=True)]
+                  if label2id is not None else [[IGNORE_INDEX] * len(w) for w in word_ids])
+        return EncodedSplit(ids, types, labels, truncated, [len(x) for x in ids], word_ids)
     ids, types, truncated = encode_texts(tokenizer, [e.text for e in examples], [e.text_pair for e in examples],
                                          max_length, truncation)
-    labels = [label2id[e.label] for e in examples] if label2id is not None else [-1] * len(examples)
+    if label2id is None:
+        labels = [-1] * len(examples)
+    elif task == MULTI_LABEL:
+        labels = []
+        for e in examples:
+            row = [0.0] * len(label2id)
+            for label in e.label_set:
+                row[label2id[label]] = 1.0
+            labels.append(row)
+    else:
+        labels = [label2id[e.label] for e in examples]
     return EncodedSplit(ids, types, labels, truncated, [len(x) for x in ids])
 
 
@@ -147,5 +217,12 @@ def pad_batch(split: EncodedSplit, indices: list[int], pad_token_id: int, with_t
     if not with_token_types:
         del arrays["token_type_ids"]
     batch = {name: torch.from_numpy(array) for name, array in arrays.items()}
-    batch["labels"] = torch.tensor([split.labels[i] for i in indices])
+    labels = [split.labels[i] for i in indices]
+    if labels and isinstance(labels[0], list) and isinstance(labels[0][0] if labels[0] else 0, int):
+        # NER: one label per piece, padded with the ignore index
+        width = batch["input_ids"].shape[1]
+        labels = [row + [IGNORE_INDEX] * (width - len(row)) for row in labels]
+        batch["labels"] = torch.tensor(labels, dtype=torch.long)
+    else:  # class ids, or multi-hot floats for BCE
+        batch["labels"] = torch.tensor(labels)
     return batch

@@ -30,12 +30,15 @@ from edgeclin.merge import (
     RunFolder,
     check_mergeable,
     load_torch_model,
+    max_difference,
     merge,
     open_model_folder,
     run_examples,
     torch_logits,
 )
-from edgeclin.runtime import BUNDLE_FORMAT, MANIFEST, MODEL_FILE, Classifier, sha256_of
+from edgeclin.runtime import BUNDLE_FORMAT, FP32_MODEL_FILE, MANIFEST, MODEL_FILE, Classifier, Tagger, sha256_of
+from edgeclin.runtime import evaluate as evaluate_onnx
+from edgeclin.tasks import DISPLAY_COLUMNS, EXPORT_TASK, SELECTION_METRIC, SINGLE_LABEL, TOKEN, scores_from_logits
 
 ISAS = ("avx2", "avx512", "avx512_vnni", "arm64")
 QUANTIZE_OPS = {
@@ -45,7 +48,6 @@ QUANTIZE_OPS = {
 }
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
                    "merges.txt", "vocab.json", "sentencepiece.bpe.model", "spm.model")
-GATE_METRIC = "macro_f1"
 EXPORT_TOLERANCE = 1e-3  # fp32 ONNX vs PyTorch, max difference of any class probability
 
 
@@ -63,14 +65,14 @@ def detect_isa() -> str:
     return "avx2"
 
 
-def export_onnx(model_dir: Path, out_dir: Path, opset: int | None = None) -> Path:
+def export_onnx(model_dir: Path, out_dir: Path, opset: int | None = None, task: str = SINGLE_LABEL) -> Path:
     """Export with optimum-onnx (dynamic batch/sequence axes); returns the .onnx path."""
     from optimum.exporters.onnx import main_export
 
     # optimum's validation only warns on mismatches; the task-metric gate below is the check
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings about constants are expected and harmless
-        main_export(str(model_dir), output=out_dir, task="text-classification", opset=opset, do_validation=False,
+        main_export(str(model_dir), output=out_dir, task=EXPORT_TASK[task], opset=opset, do_validation=False,
                     local_files_only=True, trust_remote_code=False)
     return out_dir / MODEL_FILE
 
@@ -142,31 +144,41 @@ class Variant:
         return self.path.stat().st_size
 
 
-def evaluate(classifier: Classifier, examples: list) -> tuple[dict, np.ndarray]:
-    """Metrics and probabilities of an ONNX variant on labelled examples."""
-    from edgeclin.metrics import classification_metrics
+def evaluate(model: Classifier | Tagger, examples: list) -> tuple[dict, list]:
+    """Metrics of an ONNX variant on labelled examples, and its probabilities per row.
 
-    pairs = [e.text_pair for e in examples] if classifier.text_pair else None
-    probabilities = classifier.predict([e.text for e in examples], pairs).probabilities
-    label2id = {label: i for i, label in enumerate(classifier.labels)}
-    return classification_metrics([label2id[e.label] for e in examples], probabilities), probabilities
+    Probabilities are per class for classification, per word piece and tag for NER: what
+    ``source_predictions`` gives for the PyTorch model, to compare the two.
+    """
+    metrics, probabilities = evaluate_onnx(model, examples)
+    if model.task != TOKEN:
+        return metrics, list(probabilities)
+    from edgeclin.encoding import encode_words
+
+    ids, types, _, _ = encode_words(model.tokenizer, [list(e.tokens) for e in examples], model.max_length)
+    return metrics, [scores_from_logits(TOKEN, row) for row in model._run_sorted(ids, types, 32)]
 
 
-def source_predictions(run: RunFolder, examples: list) -> tuple[dict, np.ndarray]:
-    """The PyTorch model's metrics and probabilities (fp32, unmerged adapter if any)."""
+def source_predictions(run: RunFolder, examples: list) -> tuple[dict, list]:
+    """The PyTorch model's metrics and probabilities per row (fp32, unmerged adapter if any)."""
     from edgeclin.encoding import encode_examples
-    from edgeclin.metrics import classification_metrics, softmax
+    from edgeclin.metrics import task_metrics
     from edgeclin.models import load_tokenizer
+    from edgeclin.tasks import word_tags
 
     tokenizer = load_tokenizer(str(run.path))
     label2id = {label: i for i, label in enumerate(run.labels)}
     config = run.config
     encoded = encode_examples(tokenizer, examples, label2id, config.get("max_length", 256),
-                              config.get("truncation", "head"))
+                              config.get("truncation", "head"), run.task)
     logits = torch_logits(load_torch_model(run), encoded, tokenizer.pad_token_id or 0,
                           "token_type_ids" in tokenizer.model_input_names)
-    probabilities = softmax(logits)
-    return classification_metrics(encoded.labels, probabilities), probabilities
+    probabilities = [scores_from_logits(run.task, row) for row in logits]
+    if run.task == TOKEN:
+        tags = [word_tags(p, w, len(e.tokens), run.labels)
+                for p, w, e in zip(probabilities, encoded.word_ids, examples, strict=True)]
+        return task_metrics(TOKEN, examples, tags, run.labels), probabilities
+    return task_metrics(run.task, examples, np.stack(probabilities), run.labels, run.threshold), probabilities
 
 
 def int8_candidates(quantize: str, per_channel: bool) -> list[dict]:
@@ -175,19 +187,25 @@ def int8_candidates(quantize: str, per_channel: bool) -> list[dict]:
     return [{"quantize": q, "per_channel": p} for q, p in dict.fromkeys(order)]
 
 
-def _print_table(variants: list[Variant], source: dict | None, fp32_size: int) -> None:
+def _print_table(variants: list[Variant], source: dict | None, fp32_size: int, task: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"export gate ({GATE_METRIC.replace('_', '-')}, points)")
-    for column in ("variant", "macro-F1", "accuracy", "size MB", "size vs fp32", "drop", "gate"):
+    gate_metric = SELECTION_METRIC[task]
+    shown = [(key, heading) for key, heading in DISPLAY_COLUMNS[task] if key == gate_metric]
+    shown += [c for c in DISPLAY_COLUMNS[task] if c[0] != gate_metric][:1]
+
+    def pct(metrics: dict, key: str) -> str:
+        return "n/a" if metrics.get(key) is None else f"{100 * metrics[key]:.1f}"
+
+    table = Table(title=f"export gate ({gate_metric.replace('_', '-')}, points)")
+    for column in ("variant", *(h for _, h in shown), "size MB", "size vs fp32", "drop", "gate"):
         table.add_column(column, justify="left" if column == "variant" else "right")
     if source:
-        table.add_row("pytorch fp32 (source)", f"{100 * source[GATE_METRIC]:.1f}", f"{100 * source['accuracy']:.1f}",
-                      "", "", "", "")
+        table.add_row("pytorch fp32 (source)", *(pct(source, k) for k, _ in shown), "", "", "", "")
     for v in variants:
         gate = "" if v.passed is None else ("pass" if v.passed else "FAIL")
-        table.add_row(v.name, f"{100 * v.metrics[GATE_METRIC]:.1f}", f"{100 * v.metrics['accuracy']:.1f}",
+        table.add_row(v.name, *(pct(v.metrics, k) for k, _ in shown),
                       f"{v.size / 1e6:.1f}", f"{v.size / fp32_size:.2f}x",
                       "" if v.drop is None else f"{v.drop:+.2f}", gate)
     Console(stderr=True, width=120).print(table)
@@ -214,6 +232,7 @@ def export(
     max_drop: float = 1.0,
     force: bool = False,
     eval_data: str | Path | None = None,
+    openvino_fp32: bool = False,
     overwrite: bool = False,
     quiet: bool = False,
 ) -> ExportResult:
@@ -231,6 +250,7 @@ def export(
     isa = detect_isa() if isa == "auto" else isa
     if isa not in ISAS:
         raise EdgeclinError(f"--isa must be auto or one of {', '.join(ISAS)}")
+    task, gate_metric = run.task, SELECTION_METRIC[run.task]
     test_examples = run_examples(run, "test", eval_data)  # fails early if the data is missing
     if not test_examples:
         raise EdgeclinError("no test examples with known labels to check the export against")
@@ -252,7 +272,7 @@ def export(
         say("exporting to ONNX ...")
         start = time.perf_counter()
         onnx_dir = work / "onnx"
-        fp32_path = export_onnx(model_dir, onnx_dir, opset)
+        fp32_path = export_onnx(model_dir, onnx_dir, opset, task)
         model_config = runs.read_json(model_dir / "config.json")
         timings["export_s"] = time.perf_counter() - start
         config = run.config
@@ -262,22 +282,24 @@ def export(
             raise EdgeclinError(f"{model_dir} has no fast tokenizer (tokenizer.json); edgeclin needs one")
         pad_id = _pad_token_id(onnx_dir)
 
-        def classifier(path: Path) -> Classifier:
-            return Classifier(path, tokenizer_json, run.labels, max_length=max_length,
-                              truncation=config.get("truncation", "head"), pad_token_id=pad_id,
-                              vocab_size=model_config.get("vocab_size"), text_pair=bool(config.get("text_pair_col")))
+        def classifier(path: Path) -> Classifier | Tagger:
+            kwargs = dict(max_length=max_length, truncation=config.get("truncation", "head"), pad_token_id=pad_id,
+                          vocab_size=model_config.get("vocab_size"), text_pair=bool(config.get("text_pair_col")))
+            if task == TOKEN:
+                return Tagger(path, tokenizer_json, run.labels, **kwargs)
+            return Classifier(path, tokenizer_json, run.labels, task=task, threshold=run.threshold, **kwargs)
 
         say(f"evaluating on {len(test_examples)} test examples ...")
         start = time.perf_counter()
         source, source_probabilities = source_predictions(run, test_examples)
-        recorded = _recorded_test_metric(run) if eval_data is None else None
-        if recorded is not None and abs(recorded - source[GATE_METRIC]) > 0.02:
+        recorded = _recorded_test_metric(run, gate_metric) if eval_data is None else None
+        if recorded is not None and abs(recorded - source[gate_metric]) > 0.02:
             # a reloaded model that scores unlike the run did has lost something (its head: peft #577)
-            say(f"warning: the reloaded model scores {GATE_METRIC} {100 * source[GATE_METRIC]:.1f} on the test "
+            say(f"warning: the reloaded model scores {gate_metric} {100 * source[gate_metric]:.1f} on the test "
                 f"split, the run recorded {100 * recorded:.1f}")
         fp32 = Variant("onnx fp32", fp32_path, {"quantization": None})
         fp32.metrics, fp32_probabilities = evaluate(classifier(fp32_path), test_examples)
-        export_error = float(np.abs(fp32_probabilities - source_probabilities).max())
+        export_error = max_difference(fp32_probabilities, source_probabilities)
         if not export_error <= EXPORT_TOLERANCE:  # optimum's own check only warns (optimum #978)
             raise EdgeclinError(f"the fp32 ONNX model differs from the PyTorch model by {export_error:.2e} in "
                                 f"probability on the test split (tolerance {EXPORT_TOLERANCE:.0e}); no bundle written")
@@ -287,7 +309,7 @@ def export(
             optimized = Variant("onnx fp32 optimized", optimize_onnx(fp32_path, work / "optimized.onnx",
                                                                     model_config), {"optimized": True})
             optimized.metrics, _ = evaluate(classifier(optimized.path), test_examples)
-            optimized.drop = 100 * (fp32.metrics[GATE_METRIC] - optimized.metrics[GATE_METRIC])
+            optimized.drop = 100 * (fp32.metrics[gate_metric] - optimized.metrics[gate_metric])
             optimized.passed = optimized.drop <= max_drop
             variants.append(optimized)
             if optimized.passed:
@@ -311,20 +333,20 @@ def export(
                 variant = Variant(name, path, {"isa": isa, "mode": "static" if settings.get("static") else "dynamic",
                                                **settings})
                 variant.metrics, _ = evaluate(classifier(path), test_examples)
-                variant.drop = 100 * (fp32.metrics[GATE_METRIC] - variant.metrics[GATE_METRIC])
+                variant.drop = 100 * (fp32.metrics[gate_metric] - variant.metrics[gate_metric])
                 variant.passed = variant.drop <= max_drop
                 variants.append(variant)
-                say(f"  {name}: {GATE_METRIC} {100 * variant.metrics[GATE_METRIC]:.1f} "
+                say(f"  {name}: {gate_metric} {100 * variant.metrics[gate_metric]:.1f} "
                     f"({variant.drop:+.2f} points) {'pass' if variant.passed else 'FAIL'}")
                 if variant.passed:
                     chosen = variant
                     break
         timings["evaluate_s"] = time.perf_counter() - start
         if not quiet:
-            _print_table(variants, source, fp32.size)
+            _print_table(variants, source, fp32.size, task)
         if chosen is None:
             if not force:
-                raise EdgeclinError(f"every int8 setting lost more than {max_drop} {GATE_METRIC} points; "
+                raise EdgeclinError(f"every int8 setting lost more than {max_drop} {gate_metric} points; "
                                     "no bundle written (--force writes the requested one anyway, "
                                     "--max-drop changes the limit)")
             chosen = variants[2 if optimize else 1]
@@ -332,16 +354,19 @@ def export(
         manifest = {
             "format_version": BUNDLE_FORMAT,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "task": "single_label_classification",
+            "task": task,
             "source": {"path": str(run.path.resolve()), "kind": "adapter run" if run.is_adapter else
                        ("run" if run.record else "model folder"), "method": config.get("method"),
                        "model": config.get("model"), "git_commit": (run.record or {}).get("git_commit")},
             "labels": run.labels,
+            **({"threshold": run.threshold} if run.threshold is not None else {}),
             "max_length": max_length,
             "truncation": config.get("truncation", "head"),
             "text_pair": bool(config.get("text_pair_col")),
-            "columns": {"text": config.get("text_col", "text"), "text_pair": config.get("text_pair_col"),
-                        "label": config.get("label_col", "label")},
+            "columns": ({"tokens": "tokens", "tags": "tags"} if task == TOKEN else
+                        {"text": config.get("text_col", "text"), "text_pair": config.get("text_pair_col"),
+                         "label": config.get("label_col", "label"), "multi_label_separator":
+                         config.get("label_sep", ";") if task != SINGLE_LABEL else None}),
             "pad_token_id": pad_id,
             "vocab_size": model_config.get("vocab_size"),
             "model_type": model_config.get("model_type"),
@@ -350,7 +375,7 @@ def export(
             "quantization": chosen.settings if chosen.name.startswith("int8") else None,
             "isa": isa,
             "gate": {
-                "metric": GATE_METRIC, "max_drop_points": max_drop, "eval_examples": len(test_examples),
+                "metric": gate_metric, "max_drop_points": max_drop, "eval_examples": len(test_examples),
                 "eval_data": str(eval_data) if eval_data else "the source run's test split",
                 "source_pytorch_fp32": source, "forced": chosen.passed is False,
                 "variants": [{"name": v.name, "settings": v.settings, "metrics": v.metrics, "bytes": v.size,
@@ -361,7 +386,14 @@ def export(
             "versions": runs.library_versions(),
             "git_commit": runs.git_commit(),
         }
-        bundle = write_bundle(work / "bundle", chosen.path, onnx_dir, run.labels, manifest)
+        extra = {FP32_MODEL_FILE: fp32_path} if openvino_fp32 and chosen is not fp32 else {}
+        bundle = write_bundle(work / "bundle", chosen.path, onnx_dir, run.label_info, manifest, extra)
+        say("measuring the runtime backends on this CPU ...")
+        manifest["runtime"] = measure_backends(bundle, manifest, test_examples, fp32.metrics[gate_metric],
+                                               gate_metric, max_drop)
+        runs.write_json(bundle / MANIFEST, manifest)
+        say(f"fastest at equal accuracy here: {manifest['runtime']['preferred']['backend']} "
+            f"({manifest['runtime']['preferred']['model']})")
         if output.exists():
             shutil.rmtree(output)
         bundle.rename(output)
@@ -370,25 +402,83 @@ def export(
         shutil.rmtree(work, ignore_errors=True)
 
 
-def write_bundle(folder: Path, model: Path, source_dir: Path, labels: list[str], manifest: dict) -> Path:
+def write_bundle(folder: Path, model: Path, source_dir: Path, label_info: dict, manifest: dict,
+                 extra_models: dict[str, Path] | None = None) -> Path:
     """Assemble model.onnx, tokenizer files, config, labels and the checksummed manifest."""
     folder.mkdir(parents=True)
     shutil.copyfile(model, folder / MODEL_FILE)
+    for name, path in (extra_models or {}).items():
+        shutil.copyfile(path, folder / name)
     for name in (*TOKENIZER_FILES, "config.json"):
         if (source_dir / name).exists():
             shutil.copyfile(source_dir / name, folder / name)
-    runs.write_json(folder / runs.LABELS, {"labels": labels})
+    runs.write_json(folder / runs.LABELS, label_info)
     manifest["files"] = {p.name: {"bytes": p.stat().st_size, "sha256": sha256_of(p)}
                          for p in sorted(folder.iterdir()) if p.name != MANIFEST}
     runs.write_json(folder / MANIFEST, manifest)
     return folder
 
 
-def _recorded_test_metric(run: RunFolder) -> float | None:
+SPEEDUP_TO_SWITCH = 1.1  # a backend must beat onnxruntime by this much to be preferred (not by noise)
+
+
+def measure_backends(folder: Path, manifest: dict, examples: list, reference: float, gate_metric: str,
+                     max_drop: float, rounds: int = 20) -> dict:
+    """Time each backend that can run the bundle on this CPU; check its metric; prefer the fastest.
+
+    Latency is batch 1, one thread, on the median-length test input, candidates interleaved;
+    a candidate counts only if its ``gate_metric`` is within ``max_drop`` points of the fp32
+    ONNX model's ``reference``. ``runtime.load(backend="auto")`` follows the result on the
+    same kind of CPU.
+    """
+    from edgeclin.runtime import FP32_MODEL_FILE, bundle_model, cpu_signature, openvino_available
+
+    candidates = [("onnxruntime", MODEL_FILE, "auto")]
+    if openvino_available():
+        import openvino as ov
+
+        candidates.append(("openvino", MODEL_FILE, "auto"))
+        if (folder / FP32_MODEL_FILE).exists():
+            bf16 = "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+            candidates.append(("openvino", FP32_MODEL_FILE, "bf16" if bf16 else "f32"))
+    models = [bundle_model(folder, manifest, threads=1, backend=b, model_file=m, precision=p)
+              for b, m, p in candidates]
+    sample = sorted(examples, key=lambda e: len(e.text))[len(examples) // 2]
+
+    def call(model) -> None:
+        if model.task == TOKEN:
+            model.predict(words=[list(sample.tokens)])
+        else:
+            model.predict([sample.text], [sample.text_pair] if model.text_pair else None)
+
+    times: list[list[float]] = [[] for _ in models]
+    for model in models:
+        for _ in range(3):
+            call(model)
+    for _ in range(rounds):
+        for model, bucket in zip(models, times, strict=True):
+            start = time.perf_counter()
+            call(model)
+            bucket.append(time.perf_counter() - start)
+    results = []
+    for (backend, model_file, precision), model, bucket in zip(candidates, models, times, strict=True):
+        metric = evaluate_onnx(model, examples)[0][gate_metric]
+        results.append({"backend": backend, "model": model_file, "precision": precision,
+                        "p50_ms": 1000 * float(np.median(bucket)), gate_metric: metric,
+                        "passed": 100 * (reference - metric) <= max_drop})
+    baseline = results[0]
+    preferred = min((r for r in results if r["passed"]), key=lambda r: r["p50_ms"], default=baseline)
+    if preferred is not baseline and baseline["p50_ms"] / preferred["p50_ms"] < SPEEDUP_TO_SWITCH:
+        preferred = baseline
+    return {"cpu": cpu_signature(), "threads": 1, "batch_size": 1, "rounds": rounds, "candidates": results,
+            "preferred": {k: preferred[k] for k in ("backend", "model", "precision")}}
+
+
+def _recorded_test_metric(run: RunFolder, metric: str) -> float | None:
     metrics_file = run.path / runs.METRICS
     if not metrics_file.exists():
         return None
-    return runs.read_json(metrics_file).get("test", {}).get(GATE_METRIC)
+    return runs.read_json(metrics_file).get("test", {}).get(metric)
 
 
 def _pad_token_id(folder: Path) -> int:
@@ -411,14 +501,18 @@ def _opset_of(path: Path) -> int | None:
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
 
 
-def _calibration_batches(run: RunFolder, classifier: Classifier, count: int, eval_data) -> list[dict]:
-    from edgeclin.encoding import encode_texts, pad_arrays
+def _calibration_batches(run: RunFolder, classifier: Classifier | Tagger, count: int, eval_data) -> list[dict]:
+    from edgeclin.encoding import encode_texts, encode_words, pad_arrays
 
     examples = run_examples(run, "train", eval_data)[:count]
     if not examples:
         raise EdgeclinError("no training texts to calibrate static quantisation with")
-    ids, types, _ = encode_texts(classifier.tokenizer, [e.text for e in examples],
-                                 [e.text_pair for e in examples], classifier.max_length, classifier.truncation)
+    if run.task == TOKEN:
+        ids, types, _, _ = encode_words(classifier.tokenizer, [list(e.tokens) for e in examples],
+                                        classifier.max_length)
+    else:
+        ids, types, _ = encode_texts(classifier.tokenizer, [e.text for e in examples],
+                                     [e.text_pair for e in examples], classifier.max_length, classifier.truncation)
     batches = []
     for start in range(0, len(ids), 8):
         arrays = pad_arrays(ids[start:start + 8], types[start:start + 8], classifier.pad_token_id)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from edgeclin import runs
 from edgeclin.errors import EdgeclinError
+from edgeclin.tasks import MULTI_LABEL, SINGLE_LABEL, TOKEN
 
 MERGE_TOLERANCE = 1e-4
 CHECK_EXAMPLES = 64  # validation inputs compared; enough to exercise every class and length
@@ -25,6 +26,14 @@ class RunFolder:
     record: dict | None  # run.json, when edgeclin wrote the folder
     labels: list[str]
     is_adapter: bool
+    task: str = SINGLE_LABEL
+    threshold: float | None = None  # multi-label decision threshold, tuned on validation
+
+    @property
+    def label_info(self) -> dict:
+        """labels.json's content."""
+        return {"labels": self.labels, "task": self.task,
+                **({"threshold": self.threshold} if self.threshold is not None else {})}
 
     @property
     def name(self) -> str:
@@ -47,15 +56,23 @@ def open_model_folder(path: str | Path) -> RunFolder:
             raise EdgeclinError(f"{path} is an unfinished run; finish it with edgeclin train --resume")
         raise EdgeclinError(f"{path} holds no model: expected an adapter (adapter_config.json) or a model "
                             "(config.json + *.safetensors)")
-    if (path / runs.LABELS).exists():
-        labels = runs.read_json(path / runs.LABELS)["labels"]
+    label_info = runs.read_json(path / runs.LABELS) if (path / runs.LABELS).exists() else {}
+    config = runs.read_json(path / "config.json") if (path / "config.json").exists() else {}
+    if label_info:
+        labels = label_info["labels"]
     elif has_model:
-        config = runs.read_json(path / "config.json")
         id2label = config.get("id2label") or {}
         labels = [id2label[k] for k in sorted(id2label, key=int)]
     else:
         raise EdgeclinError(f"{path}: no labels.json")
-    return RunFolder(path=path, record=record, labels=labels, is_adapter=is_adapter)
+    task = label_info.get("task") or ((record or {}).get("resolved") or {}).get("task")
+    if task is None:  # a plain Hugging Face folder: its config tells
+        if any(a.endswith("ForTokenClassification") for a in config.get("architectures") or []):
+            task = TOKEN
+        else:
+            task = MULTI_LABEL if config.get("problem_type") == "multi_label_classification" else SINGLE_LABEL
+    return RunFolder(path=path, record=record, labels=labels, is_adapter=is_adapter, task=task,
+                     threshold=label_info.get("threshold"))
 
 
 def base_model_path(run: RunFolder) -> str:
@@ -68,7 +85,7 @@ def base_model_path(run: RunFolder) -> str:
     name = run.config.get("model")
     if name:
         try:
-            return resolve_model(name).path
+            return resolve_model(name, init=run.config.get("init", "pretrained")).path
         except EdgeclinError:
             pass
     recorded = runs.read_json(run.path / "adapter_config.json").get("base_model_name_or_path")
@@ -93,10 +110,10 @@ def load_torch_model(run: RunFolder):
     from edgeclin.models import load_classifier
 
     if not run.is_adapter:
-        return load_classifier(str(run.path)).eval()
+        return load_classifier(str(run.path), task=run.task).eval()
     from peft import PeftModel
 
-    base = load_classifier(base_model_path(run), run.labels)
+    base = load_classifier(base_model_path(run), run.labels, task=run.task)
     try:
         model = PeftModel.from_pretrained(base, str(run.path), is_trainable=False)
     except Exception as exc:
@@ -112,18 +129,25 @@ def run_examples(run: RunFolder, split: str, eval_data: str | Path | None = None
     columns = Columns(config.get("text_col", "text"), config.get("label_col", "label"), config.get("text_pair_col"))
     try:
         if eval_data is not None:
-            dataset = load_dataset(eval_data, columns=columns, check=False)
+            dataset = load_dataset(eval_data, columns=columns, check=False, multi_label=run.task == MULTI_LABEL,
+                                   label_separator=config.get("label_sep", ";"))
         elif run.record is None:
             raise EdgeclinError(f"{run.path} has no run.json to find its data")
         else:
             dataset = load_dataset(config.get("data"), train=config.get("train_file"),
                                    valid=config.get("valid_file"), test=config.get("test_file"),
                                    columns=columns, skip_bad_rows=config.get("skip_bad_rows", False),
-                                   limit=config.get("limit"), seed=config.get("seed", 42), check=False)
+                                   limit=config.get("limit"), seed=config.get("seed", 42), check=False,
+                                   multi_label=run.task == MULTI_LABEL, label_separator=config.get("label_sep", ";"))
     except EdgeclinError as exc:
         raise EdgeclinError(f"cannot read the data to check against ({exc}); pass --eval-data DIR") from None
+    if dataset.task != run.task:
+        raise EdgeclinError(f"the data is for {dataset.task}, the model does {run.task}")
     known = set(run.labels)
-    return [e for e in dataset.splits[split].examples if e.label in known]
+    examples = dataset.splits[split].examples
+    if run.task in (TOKEN, MULTI_LABEL):  # labels or types the model never learnt simply count as misses
+        return examples
+    return [e for e in examples if e.label in known]
 
 
 def check_inputs(run: RunFolder, eval_data: str | Path | None = None, split: str = "valid",
@@ -138,12 +162,12 @@ def check_inputs(run: RunFolder, eval_data: str | Path | None = None, split: str
     tokenizer = load_tokenizer(str(run.path))
     label2id = {label: i for i, label in enumerate(run.labels)}
     encoded = encode_examples(tokenizer, examples, label2id, run.config.get("max_length", 256),
-                              run.config.get("truncation", "head"))
+                              run.config.get("truncation", "head"), run.task)
     return encoded, tokenizer
 
 
-def torch_logits(model, encoded, pad_id: int, token_types: bool, batch_size: int = 32):
-    import numpy as np
+def torch_logits(model, encoded, pad_id: int, token_types: bool, batch_size: int = 32) -> list:
+    """The model's logits of each encoded row: (classes,), or (pieces, tags) for NER."""
     import torch
 
     from edgeclin.encoding import pad_batch
@@ -151,16 +175,25 @@ def torch_logits(model, encoded, pad_id: int, token_types: bool, batch_size: int
     outputs = []
     with torch.no_grad():
         for start in range(0, len(encoded), batch_size):
-            batch = pad_batch(encoded, list(range(start, min(start + batch_size, len(encoded)))), pad_id, token_types)
+            rows = list(range(start, min(start + batch_size, len(encoded))))
+            batch = pad_batch(encoded, rows, pad_id, token_types)
             batch.pop("labels")
-            outputs.append(model(**batch).logits.float().numpy())
-    return np.concatenate(outputs)
+            logits = model(**batch).logits.float().numpy()
+            outputs.extend(row[:encoded.lengths[i]] if row.ndim == 2 else row
+                           for i, row in zip(rows, logits, strict=True))
+    return outputs
+
+
+def max_difference(a: list, b: list) -> float:
+    """Largest absolute difference between two lists of per-row arrays."""
+    import numpy as np
+
+    return max(float(np.abs(x - y).max()) for x, y in zip(a, b, strict=True))
 
 
 def merge(run_dir: str | Path, output: str | Path | None = None, *, eval_data: str | Path | None = None,
           overwrite: bool = False) -> Path:
     """Merge a LoRA run into a plain model folder; a full fine-tune is returned unchanged."""
-    import numpy as np
 
     run = open_model_folder(run_dir)
     if not run.is_adapter:
@@ -177,7 +210,7 @@ def merge(run_dir: str | Path, output: str | Path | None = None, *, eval_data: s
     before = torch_logits(model, encoded, pad_id, token_types)
     merged = model.merge_and_unload()
     after = torch_logits(merged, encoded, pad_id, token_types)
-    max_diff = float(np.abs(before - after).max())
+    max_diff = max_difference(before, after)
     if not max_diff <= MERGE_TOLERANCE:
         raise EdgeclinError(f"merged model differs from the adapter model by {max_diff:.2e} "
                             f"(tolerance {MERGE_TOLERANCE:.0e}); nothing saved")
@@ -185,7 +218,7 @@ def merge(run_dir: str | Path, output: str | Path | None = None, *, eval_data: s
     def save(folder: Path) -> None:
         merged.save_pretrained(folder, safe_serialization=True)
         tokenizer.save_pretrained(folder)
-        runs.write_json(folder / runs.LABELS, {"labels": run.labels})
+        runs.write_json(folder / runs.LABELS, run.label_info)
         if run.record is not None:  # the merged folder keeps the run's settings (max length, data)
             runs.write_json(folder / runs.RUN_RECORD, run.record)
         runs.write_json(folder / "merge.json", {

@@ -88,6 +88,15 @@ class Method:
     prepare: Callable  # (model, TrainConfig) -> trainable model
 
 
+def _task_type(model):
+    """peft's wrapper for the model's head: a token classifier needs its own (virtual tokens are cut off)."""
+    from peft import TaskType
+
+    if type(model).__name__.endswith("ForTokenClassification"):
+        return TaskType.TOKEN_CLS
+    return TaskType.SEQ_CLS
+
+
 def _prepare_full(model, config):
     for parameter in model.parameters():
         parameter.requires_grad = True
@@ -95,7 +104,7 @@ def _prepare_full(model, config):
 
 
 def _prepare_lora(model, config):
-    from peft import LoraConfig, TaskType, get_peft_model
+    from peft import LoraConfig, get_peft_model
 
     model_type = model.config.model_type
     targets = lora_target_modules(model_type, config.target_modules)
@@ -109,7 +118,7 @@ def _prepare_lora(model, config):
             targets.remove(name)
             to_save.append(name)
     lora_config = LoraConfig(
-        task_type=TaskType.SEQ_CLS,
+        task_type=_task_type(model),
         r=config.lora_r,
         lora_alpha=config.lora_alpha,
         lora_dropout=config.lora_dropout,
@@ -124,14 +133,14 @@ def _prepare_lora(model, config):
 
 def _prepare_ia3(model, config):
     """IA3 (Liu et al. 2022): learned rescaling of keys, values and the feed-forward output."""
-    from peft import IA3Config, TaskType, get_peft_model
+    from peft import IA3Config, get_peft_model
 
     model_type = model.config.model_type
     arch = ARCHITECTURES.get(model_type)
     if arch is None:
         raise EdgeclinError(f"no IA3 targets known for model type {model_type!r}")
     feed_forward = arch.feed_forward[-1:]  # the layer that maps back to the hidden size
-    ia3_config = IA3Config(task_type=TaskType.SEQ_CLS, target_modules=[*arch.attention[1:], *feed_forward],
+    ia3_config = IA3Config(task_type=_task_type(model), target_modules=[*arch.attention[1:], *feed_forward],
                            feedforward_modules=list(feed_forward), modules_to_save=head_modules_to_save(model_type))
     return get_peft_model(model, ia3_config)
 
@@ -143,7 +152,7 @@ def _prompt_learning(kind: str):
     """Prefix tuning, prompt tuning and P-tuning: trained virtual tokens, frozen model."""
 
     def prepare(model, config):
-        from peft import PrefixTuningConfig, PromptEncoderConfig, PromptTuningConfig, TaskType, get_peft_model
+        from peft import PrefixTuningConfig, PromptEncoderConfig, PromptTuningConfig, get_peft_model
 
         config_class, extra = {
             "prefix": (PrefixTuningConfig, {}),
@@ -161,7 +170,7 @@ def _prompt_learning(kind: str):
         # prefixes live in every layer's key/value space
         token_dim = hidden if kind == "prefix" else getattr(c, "embedding_size", None) or hidden
         peft_config = config_class(
-            task_type=TaskType.SEQ_CLS, num_virtual_tokens=config.num_virtual_tokens, token_dim=token_dim,
+            task_type=_task_type(model), num_virtual_tokens=config.num_virtual_tokens, token_dim=token_dim,
             num_layers=getattr(c, "num_hidden_layers", None) or c.n_layers,
             num_attention_heads=getattr(c, "num_attention_heads", None) or c.n_heads, **extra)
         try:

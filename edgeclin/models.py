@@ -232,12 +232,26 @@ def load_tokenizer(path: str):
     return tokenizer
 
 
-def load_classifier(path: str, labels: list[str] | None = None, *, dtype=None):
-    """Load a sequence classifier; with ``labels``, (re)size its head to those labels."""
-    from transformers import AutoModelForSequenceClassification
+def load_classifier(path: str, labels: list[str] | None = None, *, dtype=None, task: str | None = None):
+    """Load a sequence or token classifier; with ``labels``, (re)size its head to those labels.
+
+    ``task`` (see ``edgeclin.tasks``) picks the head; None keeps what the folder's config says.
+    """
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoModelForTokenClassification
     from transformers.utils import logging as hf_logging
 
+    from edgeclin.tasks import MULTI_LABEL, SINGLE_LABEL, TOKEN
+
     kwargs = {"trust_remote_code": False, "use_safetensors": True}
+    if task is None:  # a trained folder: its config names the head it was saved with
+        try:
+            architectures = AutoConfig.from_pretrained(path, trust_remote_code=False).architectures or []
+        except (OSError, ValueError):
+            architectures = []
+        task = TOKEN if any(a.endswith("ForTokenClassification") for a in architectures) else SINGLE_LABEL
+    if task == MULTI_LABEL:
+        kwargs["problem_type"] = "multi_label_classification"  # sigmoid + binary cross-entropy
+    auto_class = AutoModelForTokenClassification if task == TOKEN else AutoModelForSequenceClassification
     if labels is not None:
         kwargs.update(
             num_labels=len(labels),
@@ -258,7 +272,7 @@ def load_classifier(path: str, labels: list[str] | None = None, *, dtype=None):
             "Convert once with: model.save_pretrained(folder, safe_serialization=True)"
         )
     try:
-        model, info = AutoModelForSequenceClassification.from_pretrained(path, output_loading_info=True, **kwargs)
+        model, info = auto_class.from_pretrained(path, output_loading_info=True, **kwargs)
     except (OSError, ValueError) as exc:  # ValueError: an architecture without a classification head
         raise EdgeclinError(f"could not load model from {path}: {str(exc).splitlines()[0]}") from None
     finally:

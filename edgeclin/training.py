@@ -1,4 +1,7 @@
-"""``edgeclin train``: fine-tune an encoder for sequence classification (LoRA or full).
+"""``edgeclin train``: fine-tune an encoder (LoRA, full or another PEFT method).
+
+Tasks (``edgeclin.tasks``): single- and multi-label classification of texts or text pairs,
+and token classification (NER); the data decides which.
 
 The loop is plain PyTorch driven by ``accelerate``, so the same code runs on a CPU, one
 GPU, or several GPUs under ``accelerate launch`` (data parallel) without changes.
@@ -22,10 +25,9 @@ from edgeclin.encoding import TRUNCATION_STRATEGIES, EncodedSplit, encode_exampl
 from edgeclin.errors import EdgeclinError
 from edgeclin.hardware import environment, peak_rss_mb, resolve_device, resolve_precision
 from edgeclin.methods import get_method
-from edgeclin.metrics import classification_metrics
+from edgeclin.metrics import task_metrics, tune_threshold
 from edgeclin.models import DEFAULT_MODEL, load_classifier, load_tokenizer, resolve_model
-
-SELECTION_METRIC = "macro_f1"  # picks the best epoch and drives early stopping
+from edgeclin.tasks import DISPLAY_COLUMNS, MULTI_LABEL, SELECTION_METRIC, TOKEN, word_tags
 
 
 @dataclass
@@ -33,6 +35,7 @@ class TrainConfig:
     """Every option of a training run; saved in the run record."""
 
     model: str = DEFAULT_MODEL
+    init: str = "pretrained"  # or "random": the architecture only, for latency work (models.py)
     data: str | None = None  # folder, or None/"demo" for the built-in synthetic notes
     train_file: str | None = None
     valid_file: str | None = None
@@ -40,6 +43,8 @@ class TrainConfig:
     text_col: str = "text"
     label_col: str = "label"
     text_pair_col: str | None = None
+    multi_label: bool = False  # the label column holds several labels
+    label_sep: str = ";"  # between the labels of a multi-label CSV cell
     skip_bad_rows: bool = False
     limit: int | None = None
     method: str = "lora"
@@ -95,7 +100,8 @@ class TrainConfig:
 class TrainResult:
     output: Path
     metrics: dict = field(default_factory=dict)
-    test_probabilities: np.ndarray | None = None  # rows in the test file's order
+    # rows in the test file's order: class probabilities; for NER the predicted tags per row
+    test_probabilities: np.ndarray | list | None = None
 
 
 def _set_seed(seed: int) -> None:
@@ -135,38 +141,55 @@ def _loader(split: EncodedSplit, batch_size: int, pad_id: int, shuffle_seed: int
     return DataLoader(range(len(split)), batch_sampler=batches, collate_fn=collate)
 
 
-def evaluate(model, loader, accelerator, progress: bool, desc: str) -> tuple[dict, np.ndarray, np.ndarray]:
-    """Metrics, labels and class probabilities of a split, in the split's own row order."""
+def predict_scores(model, loader, accelerator, task: str, lengths: list[int], progress: bool, desc: str) -> list:
+    """Probabilities of every row of a split, in the split's own row order.
+
+    Classification: one (classes,) array per row; NER: one (pieces, tags) array per row.
+    """
     import torch
     from tqdm.auto import tqdm
 
     model.eval()
-    all_probs, all_labels, all_indices = [], [], []
+    scores: dict[int, np.ndarray] = {}
     with torch.no_grad():
         for batch in tqdm(loader, desc=desc, leave=False, disable=not progress, file=sys.stderr):
-            labels, indices = batch.pop("labels"), batch.pop("example_index")
+            batch.pop("labels")
+            indices = batch.pop("example_index")
             with accelerator.autocast():
-                logits = model(**batch).logits
-            probs = torch.softmax(logits.float(), dim=-1)
+                logits = model(**batch).logits.float()
+            probs = torch.sigmoid(logits) if task == MULTI_LABEL else torch.softmax(logits, dim=-1)
+            if probs.dim() == 3:  # NER: processes' batches differ in width too
+                probs = accelerator.pad_across_processes(probs, dim=1, pad_index=0)
             # processes may hold batches of different sizes: pad, gather, then drop the padding
             # (index -1) and the rows that accelerate repeated to even out the batches
-            probs, labels, indices = (accelerator.pad_across_processes(t, dim=0, pad_index=-1)
-                                      for t in (probs, labels, indices))
-            probs, labels, indices = accelerator.gather((probs, labels, indices))
-            all_probs.append(probs.cpu().numpy())
-            all_labels.append(labels.cpu().numpy())
-            all_indices.append(indices.cpu().numpy())
-    indices = np.concatenate(all_indices)
-    _, first = np.unique(np.where(indices >= 0, indices, np.iinfo(np.int64).max), return_index=True)
-    first = first[indices[first] >= 0]  # in index order: the split's own row order
-    probs, labels = np.concatenate(all_probs)[first], np.concatenate(all_labels)[first]
-    return classification_metrics(labels, probs), labels, probs
+            probs, indices = (accelerator.pad_across_processes(t, dim=0, pad_index=-1) for t in (probs, indices))
+            probs, indices = accelerator.gather((probs, indices))
+            for row, index in zip(probs.cpu().numpy(), indices.cpu().numpy().tolist(), strict=True):
+                if index >= 0 and index not in scores:
+                    scores[index] = row[:lengths[index]] if row.ndim == 2 else row
+    return [scores[i] for i in range(len(scores))]
 
 
-def _save_model_folder(folder: Path, model, tokenizer, labels: list[str]) -> None:
+def split_metrics(task: str, examples: list, encoded: EncodedSplit, scores: list, labels: list[str],
+                  threshold: float | None = None) -> tuple[dict, object]:
+    """Metrics of a split's scores, and the predictions they were computed from.
+
+    Multi-label without a ``threshold`` tunes one on these scores (validation does).
+    """
+    if task == TOKEN:
+        predictions = [word_tags(s, w, len(e.tokens), labels)
+                       for s, w, e in zip(scores, encoded.word_ids, examples, strict=True)]
+        return task_metrics(task, examples, predictions, labels), predictions
+    probabilities = np.stack(scores)
+    if task == MULTI_LABEL and threshold is None:
+        threshold = tune_threshold(np.array(encoded.labels) > 0.5, probabilities)
+    return task_metrics(task, examples, probabilities, labels, threshold), probabilities
+
+
+def _save_model_folder(folder: Path, model, tokenizer, labels: list[str], label_info: dict | None = None) -> None:
     model.save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
-    runs.write_json(folder / runs.LABELS, {"labels": labels})
+    runs.write_json(folder / runs.LABELS, {"labels": labels, **(label_info or {})})
 
 
 def _load_trainable_state(model, folder: Path) -> None:
@@ -209,7 +232,8 @@ def _load_optimizer(path: Path, optimizer) -> None:
 SNAPSHOT = "epoch"  # inside <output>.partial/: last/, best/, optimizer and loop state of one epoch
 
 
-def _save_epoch(work: Path, model, tokenizer, labels: list[str], improved: bool, optimizer, loop_state: dict) -> None:
+def _save_epoch(work: Path, model, tokenizer, labels: list[str], improved: bool, optimizer, loop_state: dict,
+                label_info: dict) -> None:
     """After an epoch, one snapshot swapped in whole: ``last/`` (loadable as is), ``best/``, loop state.
 
     Everything of an epoch changes together, so an interruption at any moment leaves either
@@ -218,7 +242,7 @@ def _save_epoch(work: Path, model, tokenizer, labels: list[str], improved: bool,
     previous = work / SNAPSHOT
 
     def save(folder: Path) -> None:
-        _save_model_folder(folder / "last", model, tokenizer, labels)
+        _save_model_folder(folder / "last", model, tokenizer, labels, label_info)
         if improved:
             _link_tree(folder / "last", folder / "best")
         else:  # unchanged best: hard links to the previous snapshot's files, no copy
@@ -257,6 +281,11 @@ def _report_data(dataset, encoded: dict[str, EncodedSplit], config: TrainConfig)
         print(f"inputs longer than {config.max_length} tokens, cut ({config.truncation}): {counts}", file=sys.stderr)
 
 
+def _label_info(task: str, threshold: float | None) -> dict:
+    """What labels.json records besides the label names: the task, and multi-label's threshold."""
+    return {"task": task, **({"threshold": threshold} if task == MULTI_LABEL else {})}
+
+
 def _check_max_length(model_config, max_length: int) -> None:
     positions = getattr(model_config, "max_position_embeddings", None)
     if positions is None:
@@ -275,17 +304,16 @@ def _summary_table(metrics: dict, output: Path) -> None:
     def pct(value):
         return "n/a" if value is None else f"{100 * value:.1f}"
 
+    columns = DISPLAY_COLUMNS[metrics["task"]]
     table = Table(title=f"edgeclin train: {output}")
     table.add_column("split")
-    for column in ("accuracy", "macro-F1", "weighted-F1", "AUROC"):
-        table.add_column(column, justify="right")
+    for _, heading in columns:
+        table.add_column(heading, justify="right")
     for epoch in metrics["epochs"]:
         v = epoch["valid"]
-        table.add_row(f"valid (epoch {epoch['epoch']})", pct(v["accuracy"]), pct(v["macro_f1"]),
-                      pct(v["weighted_f1"]), pct(v["auroc"]))
+        table.add_row(f"valid (epoch {epoch['epoch']})", *(pct(v.get(key)) for key, _ in columns))
     t = metrics["test"]
-    table.add_row(f"[bold]test (best epoch {metrics['best_epoch']})", pct(t["accuracy"]), pct(t["macro_f1"]),
-                  pct(t["weighted_f1"]), pct(t["auroc"]))
+    table.add_row(f"[bold]test (best epoch {metrics['best_epoch']})", *(pct(t.get(key)) for key, _ in columns))
     console = Console(stderr=True)
     console.print(table)
     p, tr = metrics["parameters"], metrics["training"]
@@ -294,6 +322,9 @@ def _summary_table(metrics: dict, output: Path) -> None:
         f"training {tr['wall_seconds']:.0f} s ({tr['samples_per_second']:.1f} samples/s, {tr['precision']}), "
         f"peak RSS {metrics['memory']['peak_rss_mb']:.0f} MiB"
     )
+    if metrics.get("init") == "random":
+        console.print("[bold]random weights (--init random)[/]: the scores above mean nothing; time, memory and "
+                      "sizes are what this run measures")
 
 
 def train(config: TrainConfig | None = None, *, resume: str | Path | None = None, **options) -> TrainResult:
@@ -351,18 +382,21 @@ def _run(config: TrainConfig, output: Path, work: Path, state: dict | None) -> T
         config.data, train=config.train_file, valid=config.valid_file, test=config.test_file,
         columns=Columns(config.text_col, config.label_col, config.text_pair_col),
         skip_bad_rows=config.skip_bad_rows, limit=config.limit, seed=config.seed,
+        multi_label=config.multi_label, label_separator=config.label_sep,
     )
-    resolved = resolve_model(config.model)
+    task = dataset.task
+    selection_metric = SELECTION_METRIC[task]
+    resolved = resolve_model(config.model, init=config.init)
     _set_seed(config.seed)
     tokenizer = load_tokenizer(resolved.path)
     label2id = dataset.label2id
     encoded = {
-        name: encode_examples(tokenizer, split.examples, label2id, config.max_length, config.truncation)
+        name: encode_examples(tokenizer, split.examples, label2id, config.max_length, config.truncation, task)
         for name, split in dataset.splits.items()
     }
     if config.progress:
         _report_data(dataset, encoded, config)
-    model = load_classifier(resolved.path, dataset.labels)
+    model = load_classifier(resolved.path, dataset.labels, task=task)
     _check_max_length(model.config, config.max_length)
     model = method.prepare(model, config)
     trainable, total = _count_parameters(model)
@@ -395,12 +429,14 @@ def _run(config: TrainConfig, output: Path, work: Path, state: dict | None) -> T
 
     history: list[dict] = []
     best_epoch, best_score, bad_epochs, step, start_epoch, train_seconds, samples_seen = 0, -1.0, 0, 0, 0, 0.0, 0
+    best_threshold = None  # multi-label: the decision threshold tuned on validation at the best epoch
     if state is not None:
         _load_trainable_state(unwrapped, work / SNAPSHOT / "last")
         _load_optimizer(work / SNAPSHOT, optimizer)
         history, best_epoch, best_score = state["history"], state["best_epoch"], state["best_score"]
         bad_epochs, step, start_epoch = state["bad_epochs"], state["step"], state["epoch"]
         train_seconds, samples_seen = state["train_seconds"], state["samples_seen"]
+        best_threshold = state.get("best_threshold")
         scheduler.load_state_dict(state["scheduler"])
         if progress:
             print(f"resuming {output} after epoch {start_epoch} (step {step})", file=sys.stderr)
@@ -408,8 +444,8 @@ def _run(config: TrainConfig, output: Path, work: Path, state: dict | None) -> T
     valid_loader = accelerator.prepare(_loader(encoded["valid"], config.batch_size * 2, pad_id, None, token_types))
     record = {
         "config": asdict(config),
-        "resolved": {"model_path": resolved.path, "model_source": resolved.source, "lr": lr,
-                     "device": device, "precision": precision, "labels": dataset.labels,
+        "resolved": {"model_path": resolved.path, "model_source": resolved.source, "init": resolved.init, "lr": lr,
+                     "device": device, "precision": precision, "labels": dataset.labels, "task": task,
                      "base_model": resolved.path if method.saves_adapter else None,
                      "steps_per_epoch": steps_per_epoch, "total_steps": total_steps},
         "data": dataset.describe(),
@@ -455,20 +491,25 @@ def _run(config: TrainConfig, output: Path, work: Path, state: dict | None) -> T
                         break
             bar.close()
             train_seconds += time.perf_counter() - epoch_start
-            valid_metrics, _, _ = evaluate(model, valid_loader, accelerator, progress, "validating")
+            valid_scores = predict_scores(model, valid_loader, accelerator, task, encoded["valid"].lengths,
+                                          progress, "validating")
+            valid_metrics, _ = split_metrics(task, dataset.splits["valid"].examples, encoded["valid"],
+                                             valid_scores, dataset.labels)
             history.append({"epoch": epoch + 1, "step": step, "train_loss": float(np.mean(losses)),
                             "epoch_seconds": time.perf_counter() - epoch_start, "valid": valid_metrics})
-            score = valid_metrics[SELECTION_METRIC]
+            score = valid_metrics[selection_metric]
             improved = score > best_score
             if improved:
                 best_epoch, best_score, bad_epochs = epoch + 1, score, 0
+                best_threshold = valid_metrics.get("threshold")
             else:
                 bad_epochs += 1
             patience = config.early_stopping_patience
             finished = patience is not None and bad_epochs >= patience
             if progress:
-                print(f"epoch {epoch + 1}: train loss {history[-1]['train_loss']:.4f}, "
-                      f"valid macro-F1 {100 * score:.1f}, accuracy {100 * valid_metrics['accuracy']:.1f}"
+                shown = ", ".join(f"{heading} {100 * valid_metrics[key]:.1f}"
+                                  for key, heading in DISPLAY_COLUMNS[task][:2] if valid_metrics.get(key) is not None)
+                print(f"epoch {epoch + 1}: train loss {history[-1]['train_loss']:.4f}, valid {shown}"
                       + (" (best)" if improved else ""), file=sys.stderr)
             accelerator.wait_for_everyone()
             if accelerator.is_main_process:
@@ -477,13 +518,15 @@ def _run(config: TrainConfig, output: Path, work: Path, state: dict | None) -> T
                     "best_epoch": best_epoch, "best_score": best_score, "bad_epochs": bad_epochs,
                     "train_seconds": train_seconds, "samples_seen": samples_seen, "stopped_early": finished,
                     "scheduler": scheduler.state_dict(),  # plain numbers for transformers' schedules
+                    "best_threshold": best_threshold,
                 }
-                _save_epoch(work, unwrapped, tokenizer, dataset.labels, improved, optimizer, loop_state)
+                _save_epoch(work, unwrapped, tokenizer, dataset.labels, improved, optimizer, loop_state,
+                            _label_info(task, valid_metrics.get("threshold")))
                 runs.write_json(work / runs.RUN_RECORD, record)
             accelerator.wait_for_everyone()
             if finished:
                 if progress:
-                    print(f"early stopping: no better validation {SELECTION_METRIC} for {patience} epochs",
+                    print(f"early stopping: no better validation {selection_metric} for {patience} epochs",
                           file=sys.stderr)
                 break
     except BaseException as exc:  # interrupted or failed: keep a finished epoch, else leave nothing
@@ -499,13 +542,17 @@ def _run(config: TrainConfig, output: Path, work: Path, state: dict | None) -> T
     # Test the best epoch's weights.
     _load_trainable_state(unwrapped, work / SNAPSHOT / "best")
     test_loader = accelerator.prepare(_loader(encoded["test"], config.batch_size * 2, pad_id, None, token_types))
-    test_metrics, _, test_probabilities = evaluate(model, test_loader, accelerator, progress, "testing")
+    test_scores = predict_scores(model, test_loader, accelerator, task, encoded["test"].lengths, progress, "testing")
+    # multi-label: the threshold tuned on validation at the best epoch, never one tuned on test
+    test_metrics, test_probabilities = split_metrics(task, dataset.splits["test"].examples, encoded["test"],
+                                                     test_scores, dataset.labels, best_threshold)
     memory = {"peak_rss_mb": peak_rss_mb()}
     if device == "cuda":
         memory["cuda_max_allocated_mb"] = torch.cuda.max_memory_allocated() / 2**20
     metrics = {
-        "task": "single_label_classification",
-        "selection_metric": SELECTION_METRIC,
+        "task": task,
+        "init": config.init,  # "random": accuracy means nothing
+        "selection_metric": selection_metric,
         "epochs": history,
         "best_epoch": best_epoch,
         "test": test_metrics,

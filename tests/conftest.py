@@ -35,6 +35,76 @@ def write_csv(path: Path, rows: list[tuple], header: tuple = ("text", "label")) 
     return path
 
 
+# Our own invented phrases for the NER and multi-label fixtures (entity type or label -> phrases).
+NER_PHRASES = {
+    "Disease": ["diabetes mellitus", "heart failure", "asthma", "chronic kidney disease", "pneumonia",
+                "atrial fibrillation", "migraine"],
+    "Drug": ["metformin", "aspirin", "insulin glargine", "salbutamol", "warfarin"],
+}
+NER_TEMPLATES = ["the patient with {Disease} was given {Drug} .", "{Drug} was started for {Disease} today .",
+                 "history of {Disease} , no {Drug} at home .", "she reports {Disease} and takes {Drug} daily .",
+                 "no known {Disease} ; continue {Drug} ."]
+MULTI_LABEL_PHRASES = {
+    "cardiac": ["chest pain on exertion", "irregular pulse", "raised troponin"],
+    "renal": ["rising creatinine", "reduced urine output", "kidney stones"],
+    "respiratory": ["wheeze on auscultation", "productive cough", "low oxygen saturation"],
+}
+FILLER = ["seen in clinic", "follow up in two weeks", "vital signs recorded", "reviewed by the team"]
+SYNTHETIC_WORDS = [p for ps in (*NER_PHRASES.values(), *MULTI_LABEL_PHRASES.values()) for p in ps] + \
+    NER_TEMPLATES + FILLER
+
+
+def synthetic_ner_rows(count: int, seed: int) -> list[dict]:
+    """Invented sentences with BIO tags for two entity types."""
+    import random
+
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(count):
+        tokens, tags = [], []
+        for part in rng.choice(NER_TEMPLATES).split():
+            kind = part.strip("{}") if part.startswith("{") else None
+            words = rng.choice(NER_PHRASES[kind]).split() if kind else [part]
+            tokens += words
+            tags += [f"B-{kind}"] + [f"I-{kind}"] * (len(words) - 1) if kind else ["O"]
+        rows.append({"tokens": tokens, "tags": tags})
+    return rows
+
+
+def synthetic_multilabel_rows(count: int, seed: int) -> list[tuple[str, str]]:
+    """Invented notes mentioning findings of 1-3 systems; the label cell lists them, ';'-separated."""
+    import random
+
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(count):
+        labels = sorted(rng.sample(sorted(MULTI_LABEL_PHRASES), rng.choice([1, 1, 2, 3])))
+        parts = [rng.choice(MULTI_LABEL_PHRASES[label]) for label in labels] + rng.sample(FILLER, 2)
+        rng.shuffle(parts)
+        rows.append((" , ".join(parts) + " .", ";".join(labels)))
+    return rows
+
+
+@pytest.fixture(scope="session")
+def ner_folder(tmp_path_factory) -> Path:
+    import json
+
+    folder = tmp_path_factory.mktemp("ner")
+    for i, (name, size) in enumerate((("train", 160), ("valid", 40), ("test", 40))):
+        with (folder / f"{name}.jsonl").open("w", encoding="utf-8") as handle:
+            for row in synthetic_ner_rows(size, seed=i):
+                handle.write(json.dumps(row) + "\n")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def multilabel_folder(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("multilabel")
+    for i, (name, size) in enumerate((("train", 160), ("valid", 48), ("test", 48))):
+        write_csv(folder / f"{name}.csv", synthetic_multilabel_rows(size, seed=i))
+    return folder
+
+
 @pytest.fixture(scope="session")
 def demo_folder(tmp_path_factory) -> Path:
     """A small copy of the synthetic demo data as CSV files (our own generated text)."""
@@ -53,7 +123,7 @@ def _tiny_tokenizer(folder: Path):
 
     from edgeclin.demo_data import generate_demo_dataset
 
-    words = set()
+    words = set(re.findall(r"\w+|[^\w\s]", " ".join(SYNTHETIC_WORDS).lower()))
     for split in generate_demo_dataset(seed=0).values():
         for example in split.examples:
             words.update(re.findall(r"\w+|[^\w\s]", example.text.lower()))

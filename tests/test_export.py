@@ -166,7 +166,7 @@ def test_onnx_from_another_model_is_refused(bundle, tmp_path, tiny_bert):
     labels = manifest["labels"]
     for name in ("files",):
         manifest.pop(name)
-    swapped = write_bundle(tmp_path / "swapped", other, bundle, labels, manifest)
+    swapped = write_bundle(tmp_path / "swapped", other, bundle, {"labels": labels}, manifest)
     with pytest.raises(EdgeclinError, match="does not fit"):
         runtime.load(swapped)
 

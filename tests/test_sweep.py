@@ -147,7 +147,7 @@ def test_search_without_optuna_is_a_clear_error(tmp_path, monkeypatch):
 
 
 def test_search_picks_best_trial_as_cell(tiny_bert, demo_folder, tmp_path):
-    pytest.importorskip("optuna")
+    import optuna  # noqa: F401  (installed by make test through the "sweep" extra: a missing one fails)
     result = run_sweep([str(tiny_bert)], ["lora"], output=tmp_path, data=str(demo_folder), search=2,
                        progress=False, **FAST)
     found = result.summary["search"][f"{tiny_bert.name}-lora"]

@@ -114,7 +114,7 @@ def test_interrupted_run_keeps_last_epoch_and_resumes_to_the_same_result(tiny_be
     reference = train(config(tiny_bert, demo_folder, tmp_path / "reference", epochs=3)).metrics
 
     output = tmp_path / "interrupted"
-    train_interrupted(monkeypatch, "evaluate", 2, config(tiny_bert, demo_folder, output, epochs=3))
+    train_interrupted(monkeypatch, "predict_scores", 2, config(tiny_bert, demo_folder, output, epochs=3))
 
     work = runs.partial_dir(output)
     assert not output.exists() and (work / "epoch" / "last" / "adapter_model.safetensors").exists()
