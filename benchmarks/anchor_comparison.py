@@ -3,7 +3,7 @@
 (a) the `transformers` pipeline in PyTorch fp32 — what most users run today;
 (b) optimum's default: ``ORTModelForSequenceClassification.from_pretrained(export=True)`` then
     ``ORTQuantizer`` with ``AutoQuantizationConfig.<isa>(is_static=False)``, run through a pipeline;
-(c) edgeclin's bundle through ``edgeclin predict``'s runtime (``--backend`` as given).
+(c) edgeclin's bundle through ``edgeclin predict``'s runtime (``--backend``, default ``auto``).
 
 Latency: batch 1, ``--latency-tokens`` tokens, 1 thread, p50 over ``--runs`` interleaved runs after
 warm-up. Throughput: the whole test split end to end at ``--max-length`` tokens with all threads,
@@ -62,7 +62,8 @@ def main() -> None:
     parser.add_argument("--latency-tokens", type=int, default=128)
     parser.add_argument("--runs", type=int, default=50)
     parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--backend", default="onnxruntime", choices=runtime.BACKENDS)
+    parser.add_argument("--backend", default="auto", choices=("auto", *runtime.BACKENDS),
+                        help="auto: what export measured fastest at equal accuracy on this kind of CPU")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
 
@@ -79,6 +80,9 @@ def main() -> None:
     ort_model = optimum_default(args.model, work, isa)
     bundle_1 = runtime.load(args.bundle, threads=1, backend=args.backend)
     bundle_all = runtime.load(args.bundle, threads=os.cpu_count(), backend=args.backend)
+    # the label says what "auto" resolved to on this machine
+    args.backend = f"{args.backend}: {bundle_1.backend} {bundle_1.model_path.name}" if args.backend == "auto" \
+        else args.backend
 
     # --- latency, batch 1, interleaved, 1 thread
     feed = synthetic_feed(1, args.latency_tokens, tokenizer.vocab_size, ["input_ids", "attention_mask",

@@ -174,11 +174,35 @@ def _prompt_learning(kind: str):
             num_layers=getattr(c, "num_hidden_layers", None) or c.n_layers,
             num_attention_heads=getattr(c, "num_attention_heads", None) or c.n_heads, **extra)
         try:
-            return get_peft_model(model, peft_config)
+            peft_model = get_peft_model(model, peft_config)
         except ValueError as exc:
             raise EdgeclinError(f"{kind} tuning could not be applied to {c.model_type}: {exc}") from None
+        if kind != "prefix" and type(model).__name__.endswith("ForTokenClassification"):
+            _align_virtual_tokens(peft_model, config.num_virtual_tokens)
+        return peft_model
 
     return prepare
+
+
+def _align_virtual_tokens(model, count: int) -> None:
+    """Token classification with prompt/P-tuning: keep labels and logits aligned with the real tokens.
+
+    peft prepends the virtual tokens to the input but neither shifts the labels nor drops the
+    virtual positions from the logits (loss fails on mismatched lengths); so here the labels get
+    ``count`` ignored positions in front, and the logits lose them.
+    """
+    import torch.nn.functional as F
+
+    forward = model.forward
+
+    def aligned_forward(*args, labels=None, **kwargs):
+        if labels is not None:
+            labels = F.pad(labels, (count, 0), value=-100)
+        output = forward(*args, labels=labels, **kwargs)
+        output.logits = output.logits[:, count:]
+        return output
+
+    model.forward = aligned_forward
 
 
 NOT_MERGEABLE = ("its trained virtual tokens are extra inputs to every layer, not changes to existing weights, "

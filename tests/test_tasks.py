@@ -220,3 +220,32 @@ def test_multilabel_train_export_predict(tiny_bert, multilabel_folder, tmp_path)
     for row in rows:
         chosen = {name for name in ("cardiac", "renal", "respiratory") if float(row[f"p_{name}"]) >= threshold}
         assert set(filter(None, row["label"].split(";"))) == chosen
+
+
+@pytest.mark.parametrize("method", ["full", "lora", "ia3", "prefix", "prompt", "ptuning"])
+@pytest.mark.parametrize("task_folder", ["ner_folder", "multilabel_folder"])
+def test_every_method_trains_each_task(request, tiny_bert, tmp_path, method, task_folder):
+    """The paper's grid on the new task types: each PEFT method trains NER and multi-label runs."""
+    folder = request.getfixturevalue(task_folder)
+    run = train(TrainConfig(model=str(tiny_bert), data=str(folder), multi_label=task_folder == "multilabel_folder",
+                            method=method, output=str(tmp_path / "run"), max_steps=2, batch_size=8, max_length=32,
+                            precision="fp32", progress=False))
+    assert run.metrics["task"] == (TOKEN if task_folder == "ner_folder" else MULTI_LABEL)
+    assert run.metrics["parameters"]["trainable"] > 0
+    if method in ("prefix", "prompt", "ptuning"):  # virtual tokens must not shift the NER outputs
+        assert run.metrics["test"][run.metrics["selection_metric"]] is not None
+
+
+@pytest.mark.parametrize("method", ["prompt", "ptuning", "prefix"])
+def test_virtual_tokens_do_not_shift_token_outputs(tiny_bert, method):
+    """peft prepends prompt/P-tuning tokens without shifting NER labels or logits; edgeclin aligns them."""
+    import torch
+
+    from edgeclin.methods import get_method
+    from edgeclin.models import load_classifier
+
+    model = get_method(method).prepare(load_classifier(str(tiny_bert), ["O", "B-X", "I-X"], task=TOKEN),
+                                       TrainConfig(num_virtual_tokens=4))
+    ids = torch.randint(5, 50, (2, 7))
+    output = model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=torch.zeros_like(ids))
+    assert output.logits.shape == (2, 7, 3) and torch.isfinite(output.loss)
