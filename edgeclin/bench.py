@@ -23,7 +23,7 @@ import numpy as np
 from edgeclin import runs
 from edgeclin.data import Columns
 from edgeclin.errors import EdgeclinError
-from edgeclin.tasks import TOKEN, scores_from_logits
+from edgeclin.tasks import DISPLAY_COLUMNS, SELECTION_METRIC, SINGLE_LABEL, TOKEN, scores_from_logits
 
 NO_GPU = "not run: no GPU"
 
@@ -95,7 +95,7 @@ class Runner:
             from edgeclin.runtime import OnnxRuntimeEngine, load
 
             if variant.device == "cuda":
-                bundle = load(path, threads=threads)
+                bundle = load(path, threads=threads, backend="onnxruntime")  # its CUDA session replaces the CPU one
                 bundle.engine = OnnxRuntimeEngine(path / "model.onnx", threads,
                                                   providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
                 self.classifier = bundle
@@ -108,6 +108,7 @@ class Runner:
             self.max_length = self.classifier.max_length
             trained = self.classifier.manifest.get("columns", {})
             self.columns = Columns(trained.get("text", "text"), trained.get("label", "label"), trained.get("text_pair"))
+            self.label_separator = trained.get("multi_label_separator") or ";"
         if self.task == TOKEN:
             raise EdgeclinError(f"{path}: edgeclin bench measures classifiers; NER models are not supported yet "
                                 "(edgeclin predict gives their entity F1)")
@@ -131,6 +132,7 @@ class Runner:
         self.input_names = ["input_ids", "attention_mask"] + (
             ["token_type_ids"] if "token_type_ids" in self.tokenizer.model_input_names else [])
         self.vocab_size = self.model.config.vocab_size
+        self.label_separator = run.config.get("label_sep", ";")
         self.columns = Columns(run.config.get("text_col", "text"), run.config.get("label_col", "label"),
                                run.config.get("text_pair_col"))
         self.torch = torch
@@ -259,11 +261,13 @@ def _worker(spec: dict) -> dict:
     columns = runner.columns
     if data.is_dir():
         examples = load_dataset(data, columns=columns, check=False,
-                                multi_label=runner.task == MULTI_LABEL).splits["test"].examples
+                                multi_label=runner.task == MULTI_LABEL,
+                                label_separator=runner.label_separator).splits["test"].examples
     else:
         from edgeclin.data import LabelFormat
 
-        examples = read_split(data, "test", columns, label_format=LabelFormat(runner.task)).examples
+        examples = read_split(data, "test", columns,
+                              label_format=LabelFormat(runner.task, runner.label_separator)).examples
     texts = [e.text for e in examples]
     pairs = [e.text_pair for e in examples] if columns.text_pair else None
     max_length = spec["max_length"] or runner.max_length
@@ -274,7 +278,8 @@ def _worker(spec: dict) -> dict:
     known = [i for i, e in enumerate(examples) if runner.task == MULTI_LABEL or e.label in runner.labels_list]
     metrics = task_metrics(runner.task, [examples[i] for i in known], probabilities[known], runner.labels_list,
                            runner.threshold)
-    return {"variant": variant.name, "texts": len(texts), "seconds": seconds, "texts_per_s": len(texts) / seconds,
+    return {"variant": variant.name, "task": runner.task, "texts": len(texts), "seconds": seconds,
+            "texts_per_s": len(texts) / seconds,
             "load_s": load_s, "peak_rss_mb": peak_rss_mb(),
             "metrics": metrics, "max_length": max_length, "threads": spec["threads"],
             "bytes": deploy_bytes(variant)}
@@ -347,20 +352,26 @@ def write_outputs(results: dict, out: Path) -> None:
     with (tmp / "results.csv").open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["kind", "variant", "threads", "batch", "seq_len", "p50_ms", "p90_ms", "p99_ms",
-                         "texts_per_s", "macro_f1", "peak_rss_mb", "load_s", "bytes", "status"])
+                         "texts_per_s", "metric", "metric_value", "peak_rss_mb", "load_s", "bytes", "status"])
         for r in results["latency"]:
             writer.writerow(["latency", r["variant"], r.get("threads"), r.get("batch"), r.get("seq_len"),
-                             r.get("p50_ms"), r.get("p90_ms"), r.get("p99_ms"), "", "", "", "", "",
+                             r.get("p50_ms"), r.get("p90_ms"), r.get("p99_ms"), "", "", "", "", "", "",
                              r.get("status", "ok")])
         for r in results["end_to_end"]:
             writer.writerow(["end_to_end", r["variant"], r.get("threads"), "", r.get("max_length"), "", "", "",
-                             r.get("texts_per_s"), (r.get("metrics") or {}).get("macro_f1"), r.get("peak_rss_mb"),
+                             r.get("texts_per_s"), _main_metric(r), (r.get("metrics") or {}).get(_main_metric(r)),
+                             r.get("peak_rss_mb"),
                              r.get("load_s"), r.get("bytes"), r.get("status", "ok")])
     (tmp / "report.md").write_text(report_markdown(results))
     plot(results, tmp)
     if out.exists():
         shutil.rmtree(out)
     tmp.rename(out)
+
+
+def _main_metric(row: dict) -> str:
+    """The metric that stands for a variant's accuracy: macro-F1, or micro-F1 for multi-label."""
+    return SELECTION_METRIC[row.get("task", SINGLE_LABEL)]
 
 
 def report_markdown(results: dict) -> str:
@@ -385,8 +396,10 @@ def report_markdown(results: dict) -> str:
         lines.append(f"| {r['variant']} | {r['threads']} | {r['batch']} | {r['seq_len']} | {r['p50_ms']:.2f} | "
                      f"{r['p90_ms']:.2f} | {r['p99_ms']:.2f} | {ratio} |")
     if results["end_to_end"]:
+        task = next((r["task"] for r in results["end_to_end"] if "task" in r), SINGLE_LABEL)
+        shown = DISPLAY_COLUMNS[task][:2]
         lines += ["", "## End to end on the test split (fresh process per variant)", "",
-                  "| variant | texts/s | speed-up | macro-F1 | accuracy | peak RSS MiB | load s | size MB |",
+                  f"| variant | texts/s | speed-up | {shown[0][1]} | {shown[1][1]} | peak RSS MiB | load s | size MB |",
                   "|---|---:|---:|---:|---:|---:|---:|---:|"]
         ref = next((r.get("texts_per_s") for r in results["end_to_end"] if r["variant"] == baseline), None)
         for r in results["end_to_end"]:
@@ -395,9 +408,9 @@ def report_markdown(results: dict) -> str:
                 continue
             m = r["metrics"]
             ratio = f"{r['texts_per_s'] / ref:.2f}x" if ref else ""
-            lines.append(f"| {r['variant']} | {r['texts_per_s']:.1f} | {ratio} | {100 * m['macro_f1']:.1f} | "
-                         f"{100 * m['accuracy']:.1f} | {r['peak_rss_mb']:.0f} | {r['load_s']:.2f} | "
-                         f"{r['bytes'] / 1e6:.1f} |")
+            values = " | ".join("n/a" if m.get(key) is None else f"{100 * m[key]:.1f}" for key, _ in shown)
+            lines.append(f"| {r['variant']} | {r['texts_per_s']:.1f} | {ratio} | {values} | "
+                         f"{r['peak_rss_mb']:.0f} | {r['load_s']:.2f} | {r['bytes'] / 1e6:.1f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -425,10 +438,14 @@ def plot(results: dict, folder: Path) -> None:
     e2e = {r["variant"]: r for r in results["end_to_end"] if "texts_per_s" in r}
     if e2e:
         fig, ax = plt.subplots(figsize=(7, 4.5))
+        metric = _main_metric(next(iter(e2e.values())))
         for name, r in e2e.items():
-            ax.scatter(1000 / r["texts_per_s"], 100 * r["metrics"]["macro_f1"])
-            ax.annotate(name, (1000 / r["texts_per_s"], 100 * r["metrics"]["macro_f1"]), fontsize=7)
-        ax.set(xlabel="ms per text, end to end", ylabel="macro-F1", title="accuracy vs latency")
+            value = r["metrics"].get(metric)
+            if value is None:
+                continue
+            ax.scatter(1000 / r["texts_per_s"], 100 * value)
+            ax.annotate(name, (1000 / r["texts_per_s"], 100 * value), fontsize=7)
+        ax.set(xlabel="ms per text, end to end", ylabel=metric.replace("_", "-"), title="accuracy vs latency")
         fig.tight_layout()
         fig.savefig(folder / "accuracy_vs_latency.png", dpi=120)
         plt.close(fig)

@@ -128,8 +128,12 @@ def train(resume, quiet, **options) -> None:
         result = run_training(TrainConfig(progress=not quiet, **options))
     if os.environ.get("RANK", "0") != "0":  # under accelerate launch / torchrun: one summary line
         return
+    from edgeclin.tasks import DISPLAY_COLUMNS
+
     test = result.metrics["test"]
-    click.echo(f"{result.output}: test macro-F1 {100 * test['macro_f1']:.1f}, accuracy {100 * test['accuracy']:.1f}")
+    shown = ", ".join(f"{heading} {100 * test[key]:.1f}" for key, heading in DISPLAY_COLUMNS[result.metrics["task"]][:2]
+                      if test.get(key) is not None)
+    click.echo(f"{result.output}: test {shown}")
 
 
 @main.command()

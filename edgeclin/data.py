@@ -257,7 +257,7 @@ def read_split(path: Path, name: str, columns: Columns, skip_bad_rows: bool = Fa
                 skipped += 1
                 continue
             raise EdgeclinError(f"{path}, line {line_no}: {problem} (--skip-bad-rows drops such rows)")
-        label = values[columns.label] if columns.label else ""
+        label = values[columns.label] if columns.label else (() if multi else "")
         examples.append(
             Example(
                 text=values[columns.text],

@@ -24,7 +24,7 @@ import re
 from dataclasses import dataclass, field
 
 from edgeclin.data import Example
-from edgeclin.tasks import MULTI_LABEL, SINGLE_LABEL, TOKEN, first_piece_positions
+from edgeclin.tasks import MULTI_LABEL, SINGLE_LABEL, TOKEN, first_pieces
 
 IGNORE_INDEX = -100  # positions the loss and the metrics skip (PyTorch's default ignore_index)
 # words of raw text for NER: runs of letters/digits, or one punctuation mark (BERT's own split)
@@ -158,7 +158,7 @@ def split_words(text: str) -> list[tuple[str, int, int]]:
 def piece_labels(word_ids: list[int | None], tags: tuple[str, ...], label2id: dict[str, int]) -> list[int]:
     """The tag id of each word on its first piece; IGNORE_INDEX elsewhere."""
     labels = [IGNORE_INDEX] * len(word_ids)
-    for word, position in enumerate(first_piece_positions(word_ids)):
+    for word, position in first_pieces(word_ids):
         labels[position] = label2id.get(tags[word], IGNORE_INDEX)  # a type unseen in training: not learnt
     return labels
 
@@ -186,7 +186,8 @@ def encode_examples(
         for e in examples:
             row = [0.0] * len(label2id)
             for label in e.label_set:
-                row[label2id[label]] = 1.0
+                if label in label2id:  # a label the model never learnt (--eval-data): a miss in the metrics
+                    row[label2id[label]] = 1.0
             labels.append(row)
     else:
         labels = [label2id[e.label] for e in examples]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-DEFAULT_THRESHOLD = 0.5  # multi-label decision threshold before one is tuned on validation
+from edgeclin.tasks import DEFAULT_THRESHOLD
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

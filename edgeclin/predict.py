@@ -96,6 +96,10 @@ def _tag_rows(model, data_file: Path, present: list[str], text_col, batch_size: 
         examples = read_split(data_file, "predict", Columns(text_col or "text", None)).examples
         tagged = model.predict([e.text for e in examples], batch_size=batch_size)
     summary["rows"] = len(examples)
+    if model.truncated:  # words past max_length are tagged O: say so, never silently
+        summary["truncated_rows"] = model.truncated
+        print(f"{data_file}: {model.truncated} of {len(examples)} texts are longer than {model.max_length} word "
+              "pieces; their later words were not tagged (O)", file=sys.stderr)
     labelled = pre_split and "tags" in present
     if labelled:
         unknown = sorted({t for e in examples for t in e.tags} - set(model.labels))

@@ -23,8 +23,15 @@ import numpy as np
 
 from edgeclin.encoding import encode_texts, encode_words, pad_arrays, plain_tokenizer, split_words
 from edgeclin.errors import EdgeclinError
-from edgeclin.metrics import DEFAULT_THRESHOLD
-from edgeclin.tasks import MULTI_LABEL, SINGLE_LABEL, TOKEN, bio_spans, first_piece_positions, scores_from_logits
+from edgeclin.tasks import (
+    DEFAULT_THRESHOLD,
+    MULTI_LABEL,
+    SINGLE_LABEL,
+    TOKEN,
+    bio_spans,
+    first_pieces,
+    scores_from_logits,
+)
 
 MANIFEST = "manifest.json"
 BUNDLE_FORMAT = 1
@@ -289,10 +296,11 @@ class Tagger(OnnxModel):
     """An ONNX token classifier (NER): words in, a BIO tag per word and character-offset entities out."""
 
     task = TOKEN
+    truncated = 0  # texts cut to max_length in the last call (their later words are tagged O)
 
     def word_scores(self, words: list[list[str]], batch_size: int = 32) -> list[np.ndarray]:
         """Tag probabilities at each word's first piece, (words, tags) per text; cut words get none."""
-        ids, types, word_ids, _ = encode_words(self.tokenizer, words, self.max_length)
+        ids, types, word_ids, self.truncated = encode_words(self.tokenizer, words, self.max_length)
         if not ids:
             return []
         logits = self._run_sorted(ids, types, batch_size)
@@ -300,8 +308,10 @@ class Tagger(OnnxModel):
         for row_words, row_word_ids, row_logits in zip(words, word_ids, logits, strict=True):
             scores = np.zeros((len(row_words), len(self.labels)), dtype=np.float32)
             scores[:, self.labels.index("O") if "O" in self.labels else 0] = 1.0  # words cut off: outside
-            positions = first_piece_positions(row_word_ids)
-            scores[:len(positions)] = scores_from_logits(TOKEN, row_logits[positions])
+            pairs = first_pieces(row_word_ids)
+            if pairs:
+                found, positions = (list(x) for x in zip(*pairs, strict=True))
+                scores[found] = scores_from_logits(TOKEN, row_logits[positions])
             out.append(scores)
         return out
 

@@ -54,21 +54,25 @@ def scores_from_logits(task: str, logits: np.ndarray) -> np.ndarray:
     return shifted / shifted.sum(axis=-1, keepdims=True)
 
 
-def first_piece_positions(word_ids: list[int | None]) -> list[int]:
-    """Position of each word's first word piece, in word order (words cut by truncation are absent)."""
-    positions, seen = [], set()
+def first_pieces(word_ids: list[int | None]) -> list[tuple[int, int]]:
+    """(word, position of its first piece) for each word that has pieces, in word order.
+
+    Words cut by truncation are absent, and so are words the tokenizer turns into no piece at
+    all (a soft hyphen, a zero-width space): always index by the word id, never by the rank.
+    """
+    pairs, seen = [], set()
     for position, word in enumerate(word_ids):
         if word is not None and word not in seen:
             seen.add(word)
-            positions.append(position)
-    return positions
+            pairs.append((word, position))
+    return pairs
 
 
 def word_tags(scores: np.ndarray, word_ids: list[int | None], n_words: int, labels: list[str],
               outside: str = "O") -> list[str]:
     """A tag per word from per-piece probabilities; words cut off by truncation get ``outside``."""
     tags = [outside] * n_words
-    for word, position in enumerate(first_piece_positions(word_ids)):
+    for word, position in first_pieces(word_ids):
         tags[word] = labels[int(np.argmax(scores[position]))]
     return tags
 

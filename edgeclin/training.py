@@ -171,18 +171,21 @@ def predict_scores(model, loader, accelerator, task: str, lengths: list[int], pr
 
 
 def split_metrics(task: str, examples: list, encoded: EncodedSplit, scores: list, labels: list[str],
-                  threshold: float | None = None) -> tuple[dict, object]:
+                  threshold: float | None = None, tune: bool = False) -> tuple[dict, object]:
     """Metrics of a split's scores, and the predictions they were computed from.
 
-    Multi-label without a ``threshold`` tunes one on these scores (validation does).
+    Multi-label: ``tune`` (validation only) picks the threshold on these scores; otherwise the
+    given ``threshold`` (tuned on validation) is required, so test never tunes its own.
     """
     if task == TOKEN:
         predictions = [word_tags(s, w, len(e.tokens), labels)
                        for s, w, e in zip(scores, encoded.word_ids, examples, strict=True)]
         return task_metrics(task, examples, predictions, labels), predictions
     probabilities = np.stack(scores)
-    if task == MULTI_LABEL and threshold is None:
+    if task == MULTI_LABEL and tune:
         threshold = tune_threshold(np.array(encoded.labels) > 0.5, probabilities)
+    elif task == MULTI_LABEL and threshold is None:
+        raise ValueError("multi-label test metrics need the threshold tuned on validation")
     return task_metrics(task, examples, probabilities, labels, threshold), probabilities
 
 
@@ -494,7 +497,7 @@ def _run(config: TrainConfig, output: Path, work: Path, state: dict | None) -> T
             valid_scores = predict_scores(model, valid_loader, accelerator, task, encoded["valid"].lengths,
                                           progress, "validating")
             valid_metrics, _ = split_metrics(task, dataset.splits["valid"].examples, encoded["valid"],
-                                             valid_scores, dataset.labels)
+                                             valid_scores, dataset.labels, tune=True)
             history.append({"epoch": epoch + 1, "step": step, "train_loss": float(np.mean(losses)),
                             "epoch_seconds": time.perf_counter() - epoch_start, "valid": valid_metrics})
             score = valid_metrics[selection_metric]

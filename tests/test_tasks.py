@@ -10,7 +10,7 @@ from edgeclin.data import Columns, LabelFormat, load_dataset, read_split
 from edgeclin.encoding import IGNORE_INDEX, encode_words, split_words
 from edgeclin.errors import EdgeclinError
 from edgeclin.metrics import entity_metrics, multilabel_metrics, tune_threshold
-from edgeclin.tasks import MULTI_LABEL, TOKEN, bio_spans, first_piece_positions
+from edgeclin.tasks import MULTI_LABEL, TOKEN, bio_spans, first_pieces, word_tags
 from edgeclin.training import TrainConfig, train
 
 
@@ -74,17 +74,31 @@ def test_labels_sit_on_the_first_word_piece(tiny_bert):
     words = ["chronic", "kidneydisease", "."]  # the middle word splits into several pieces ([UNK] or pieces)
     ids, _, word_ids, cut = encode_words(tokenizer, [words], 64)
     assert cut == 0 and word_ids[0][0] is None and word_ids[0][-1] is None
-    assert [word_ids[0][p] for p in first_piece_positions(word_ids[0])] == [0, 1, 2]
+    assert [word for word, _ in first_pieces(word_ids[0])] == [0, 1, 2]
     from edgeclin.data import Example
 
     example = Example(text=" ".join(words), label="", tokens=tuple(words), tags=("B-Disease", "I-Disease", "O"))
     encoded = encode_examples(tokenizer, [example], {"O": 0, "B-Disease": 1, "I-Disease": 2}, 64, task=TOKEN)
     labels = encoded.labels[0]
-    assert [labels[p] for p in first_piece_positions(encoded.word_ids[0])] == [1, 2, 0]
+    assert [labels[p] for _, p in first_pieces(encoded.word_ids[0])] == [1, 2, 0]
     assert sum(label != IGNORE_INDEX for label in labels) == 3
     # truncation keeps [CLS] ... [SEP] and drops pieces from the end
     ids, _, word_ids, cut = encode_words(tokenizer, [words * 20], 10)
     assert cut == 1 and len(ids[0]) == 10 and word_ids[0][-1] is None
+
+
+def test_a_word_without_pieces_does_not_shift_the_others(tiny_bert):
+    """BERT's normaliser deletes a soft hyphen or zero-width space: that word has no piece at all."""
+    from edgeclin.models import load_tokenizer
+
+    tokenizer = load_tokenizer(str(tiny_bert))
+    words = ["asthma", "\u00ad", "aspirin"]
+    _, _, word_ids, _ = encode_words(tokenizer, [words], 32)
+    assert [word for word, _ in first_pieces(word_ids[0])] == [0, 2]
+    scores = np.zeros((len(word_ids[0]), 3))
+    for word, position in first_pieces(word_ids[0]):
+        scores[position, 1 if word == 0 else 2] = 1.0
+    assert word_tags(scores, word_ids[0], 3, ["O", "B-Disease", "B-Drug"]) == ["B-Disease", "O", "B-Drug"]
 
 
 def test_bio_spans_and_character_offsets():
@@ -249,3 +263,26 @@ def test_virtual_tokens_do_not_shift_token_outputs(tiny_bert, method):
     ids = torch.randint(5, 50, (2, 7))
     output = model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=torch.zeros_like(ids))
     assert output.logits.shape == (2, 7, 3) and torch.isfinite(output.loss)
+
+
+def test_bench_and_cli_on_a_multilabel_bundle(tiny_bert, multilabel_folder, tmp_path):
+    """bench and the CLI report a multi-label run by its own metrics (micro-F1), not macro-F1/accuracy."""
+    from click.testing import CliRunner
+
+    from edgeclin.bench import bench
+    from edgeclin.cli import main
+
+    result = CliRunner().invoke(main, ["train", "--model", str(tiny_bert), "--data", str(multilabel_folder),
+                                       "--multi-label", "--max-steps", "2", "--max-length", "32", "--quiet",
+                                       "-o", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    assert "micro-F1" in result.output
+    result = CliRunner().invoke(main, ["export", str(tmp_path / "run"), "--int8", "--max-drop", "100", "--quiet",
+                                       "-o", str(tmp_path / "bundle")])
+    assert result.exit_code == 0, result.output
+    out = bench([tmp_path / "bundle"], data=multilabel_folder, batch_sizes=(1,), seq_lens=(16,), threads=(1,),
+                warmup=1, repeats=2, out=tmp_path / "bench", progress=False)
+    report = (out / "report.md").read_text()
+    assert "micro-F1" in report
+    rows = json.loads((out / "results.json").read_text())["end_to_end"]
+    assert rows and all(r["task"] == MULTI_LABEL and "micro_f1" in r["metrics"] for r in rows if "metrics" in r)
