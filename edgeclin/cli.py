@@ -303,6 +303,8 @@ def bench_command(sources, baseline, data, batch_sizes, seq_lens, threads, warmu
 @click.option("--batch-size", type=click.IntRange(min=1), help="Batch size (default: train's).")
 @click.option("--text-col", help="Text column (default: text).")
 @click.option("--label-col", help="Label column (default: label).")
+@click.option("--text-pair-col", help="Second text column, for sentence pairs (e.g. text_pair for nli4ct).")
+@click.option("--multi-label", is_flag=True, default=None, help="Several ;-separated labels per row (see train).")
 @click.option("--init", type=click.Choice(["pretrained", "random"]),
               help="pretrained (default), or random: the architectures with random weights, offline: for the time, "
               "memory and size columns only.")

@@ -286,3 +286,15 @@ def test_bench_and_cli_on_a_multilabel_bundle(tiny_bert, multilabel_folder, tmp_
     assert "micro-F1" in report
     rows = json.loads((out / "results.json").read_text())["end_to_end"]
     assert rows and all(r["task"] == MULTI_LABEL and "micro_f1" in r["metrics"] for r in rows if "metrics" in r)
+
+
+def test_sweep_reports_each_task_by_its_metric(tiny_bert, ner_folder, multilabel_folder, tmp_path):
+    from edgeclin.sweep import run_sweep
+
+    for folder, options, metric in ((ner_folder, {}, "f1"), (multilabel_folder, {"multi_label": True}, "micro_f1")):
+        out = tmp_path / folder.name
+        run_sweep([str(tiny_bert)], ["full", "lora"], output=out, data=str(folder), progress=False, max_steps=2,
+                  max_length=32, precision="fp32", **options)
+        table = (out / "sweep.md").read_text()
+        task = TOKEN if folder == ner_folder else MULTI_LABEL
+        assert f"## {task}: test {metric}" in table and f"| test {metric} | Δ full |" in table
