@@ -128,12 +128,9 @@ def train(resume, quiet, **options) -> None:
         result = run_training(TrainConfig(progress=not quiet, **options))
     if os.environ.get("RANK", "0") != "0":  # under accelerate launch / torchrun: one summary line
         return
-    from edgeclin.tasks import DISPLAY_COLUMNS
+    from edgeclin.tasks import headline
 
-    test = result.metrics["test"]
-    shown = ", ".join(f"{heading} {100 * test[key]:.1f}" for key, heading in DISPLAY_COLUMNS[result.metrics["task"]][:2]
-                      if test.get(key) is not None)
-    click.echo(f"{result.output}: test {shown}")
+    click.echo(f"{result.output}: test {headline(result.metrics['task'], result.metrics['test'])}")
 
 
 @main.command()
@@ -231,12 +228,9 @@ def predict(bundle, data_file, output, text_col, text_pair_col, label_col, batch
     summary = predict_file(bundle, data_file, output, text_col=text_col, text_pair_col=text_pair_col,
                            label_col=label_col, batch_size=batch_size, threads=threads, backend=backend)
     if summary.get("metrics"):
-        from edgeclin.tasks import DISPLAY_COLUMNS
+        from edgeclin.tasks import headline
 
-        m = summary["metrics"]
-        shown = ", ".join(f"{heading} {100 * m[key]:.1f}" for key, heading in DISPLAY_COLUMNS[summary["task"]][:2]
-                          if m.get(key) is not None)
-        click.echo(f"{summary['rows']} rows: {shown}", err=True)
+        click.echo(f"{summary['rows']} rows: {headline(summary['task'], summary['metrics'])}", err=True)
 
 
 def _int_list(text: str) -> tuple[int, ...]:

@@ -90,3 +90,11 @@ def bio_spans(tags: list[str]) -> list[tuple[str, int, int]]:
         if prefix in ("B", "I") and not continues:
             kind, start = name, i
     return spans
+
+
+def headline(task: str, metrics: dict) -> str:
+    """The task's selection metric and its next display metric, e.g. "macro-F1 81.1, accuracy 82.3"."""
+    columns = DISPLAY_COLUMNS[task]
+    selected = SELECTION_METRIC[task]
+    shown = [c for c in columns if c[0] == selected] + [c for c in columns if c[0] != selected][:1]
+    return ", ".join(f"{heading} {100 * metrics[key]:.1f}" for key, heading in shown if metrics.get(key) is not None)

@@ -27,7 +27,7 @@ from edgeclin.hardware import environment, peak_rss_mb, resolve_device, resolve_
 from edgeclin.methods import get_method
 from edgeclin.metrics import task_metrics, tune_threshold
 from edgeclin.models import DEFAULT_MODEL, load_classifier, load_tokenizer, resolve_model
-from edgeclin.tasks import DISPLAY_COLUMNS, MULTI_LABEL, SELECTION_METRIC, TOKEN, word_tags
+from edgeclin.tasks import DISPLAY_COLUMNS, MULTI_LABEL, SELECTION_METRIC, TOKEN, headline, word_tags
 
 
 @dataclass
@@ -510,9 +510,8 @@ def _run(config: TrainConfig, output: Path, work: Path, state: dict | None) -> T
             patience = config.early_stopping_patience
             finished = patience is not None and bad_epochs >= patience
             if progress:
-                shown = ", ".join(f"{heading} {100 * valid_metrics[key]:.1f}"
-                                  for key, heading in DISPLAY_COLUMNS[task][:2] if valid_metrics.get(key) is not None)
-                print(f"epoch {epoch + 1}: train loss {history[-1]['train_loss']:.4f}, valid {shown}"
+                print(f"epoch {epoch + 1}: train loss {history[-1]['train_loss']:.4f}, "
+                      f"valid {headline(task, valid_metrics)}"
                       + (" (best)" if improved else ""), file=sys.stderr)
             accelerator.wait_for_everyone()
             if accelerator.is_main_process:
