@@ -37,6 +37,7 @@ class Variant:
     device: str = "cpu"
     status: str = "ok"  # or "not run: ..."
     baseline: bool = False
+    model_file: str = "model.onnx"  # bundles: which graph (model.fp32.onnx for OpenVINO bf16)
 
 
 def _is_bundle(path: Path) -> bool:
@@ -68,6 +69,10 @@ def plan_variants(sources: list[Path], baseline: Path | None, backends: list[str
                 ov_precision = ("bf16" if cpu_has_fast_bf16() else "fp32") if precision == "fp32" else precision
                 variants.append(Variant(f"{label}: openvino {ov_precision}", str(source), "openvino", ov_precision,
                                         status=status))
+                if (source / "model.fp32.onnx").exists():  # carried for OpenVINO bf16 (--openvino-fp32)
+                    ov_precision = "bf16" if cpu_has_fast_bf16() else "fp32"
+                    variants.append(Variant(f"{label}: openvino {ov_precision} (fp32 graph)", str(source), "openvino",
+                                            ov_precision, status=status, model_file="model.fp32.onnx"))
             variants.append(Variant(f"{label}: onnxruntime fp16 (cuda)", str(source), "onnxruntime", "fp16", "cuda",
                                     status="ok" if gpu else NO_GPU))
         else:
@@ -100,7 +105,12 @@ class Runner:
                                                   providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
                 self.classifier = bundle
             else:
-                self.classifier = load(path, threads=threads, backend=variant.engine)
+                from edgeclin.runtime import bundle_model, verify_bundle
+
+                precision = variant.precision if variant.precision in ("bf16", "fp32") else "auto"
+                self.classifier = bundle_model(path, verify_bundle(path), threads=threads, backend=variant.engine,
+                                               model_file=variant.model_file,
+                                               precision={"fp32": "f32"}.get(precision, precision))
             self.task = self.classifier.task
             self.threshold = getattr(self.classifier, "threshold", None)
             self.input_names = self.classifier.input_names
@@ -178,7 +188,7 @@ def deploy_bytes(variant: Variant) -> int:
     """Bytes on disk of what must be deployed to run the variant."""
     path = Path(variant.source)
     if variant.engine != "torch":
-        return (path / "model.onnx").stat().st_size
+        return (path / variant.model_file).stat().st_size
     total = sum(p.stat().st_size for p in path.glob("*.safetensors"))
     if (path / "adapter_config.json").exists():
         from edgeclin.merge import base_model_path, open_model_folder

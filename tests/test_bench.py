@@ -102,3 +102,40 @@ def test_openvino_backend_agrees_with_onnxruntime(bundle):
     ort_probs = runtime.load(bundle).predict(texts).probabilities
     ov_probs = runtime.load(bundle, backend="openvino").predict(texts).probabilities
     assert np.abs(ort_probs - ov_probs).max() < 0.05  # bf16 on AMX CPUs: close, not bit-equal
+
+
+def test_openvino_fp32_graph_and_auto_backend(lora_run, demo_folder, tmp_path):
+    """--openvino-fp32 carries the fp32 graph; export measures the backends; auto follows the manifest
+    only on the same kind of CPU; bench measures the carried graph as its own variant."""
+    from edgeclin import runtime
+    from edgeclin.export import export, write_bundle
+
+    result = export(lora_run.output, tmp_path / "bundle", int8=True, openvino_fp32=True, quiet=True, max_drop=100.0)
+    manifest = result.manifest
+    assert "model.fp32.onnx" in manifest["files"]
+    measured = manifest["runtime"]
+    assert measured["cpu"] == runtime.cpu_signature()
+    assert {(c["backend"], c["model"]) for c in measured["candidates"]} == {
+        ("onnxruntime", "model.onnx"), ("openvino", "model.onnx"), ("openvino", "model.fp32.onnx")}
+    assert all(c["p50_ms"] > 0 and "macro_f1" in c for c in measured["candidates"])
+    assert runtime.load(result.bundle).backend == measured["preferred"]["backend"]
+
+    # a manifest that prefers OpenVINO bf16 on the fp32 graph: followed here, not on another CPU
+    preferred = {"backend": "openvino", "model": "model.fp32.onnx", "precision": "bf16"}
+    for cpu, expected in ((runtime.cpu_signature(), ("openvino", "model.fp32.onnx")),
+                          ({"model": "another CPU", "isa": ["amx_bf16"]}, ("onnxruntime", "model.onnx"))):
+        edited = {k: v for k, v in manifest.items() if k != "files"}
+        edited["runtime"] = {**measured, "cpu": cpu, "preferred": preferred}
+        folder = write_bundle(tmp_path / f"edited-{expected[0]}", result.bundle / "model.onnx", result.bundle,
+                              json.loads((result.bundle / "labels.json").read_text()), edited,
+                              {"model.fp32.onnx": result.bundle / "model.fp32.onnx"})
+        model = runtime.load(folder)
+        assert (model.backend, model.model_path.name) == expected
+        assert model.predict(["knee pain after a fall"]).labels
+
+    out = bench([result.bundle], data=demo_folder, batch_sizes=(1,), seq_lens=(16,), threads=(1,), warmup=1,
+                repeats=2, out=tmp_path / "bench", progress=False)
+    rows = {r["variant"]: r for r in json.loads((out / "results.json").read_text())["end_to_end"]}
+    graph = next(name for name in rows if "(fp32 graph)" in name)
+    assert rows[graph]["bytes"] == manifest["files"]["model.fp32.onnx"]["bytes"]
+    assert rows[graph]["metrics"]["macro_f1"] is not None
