@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from edgeclin import runs, runtime  # noqa: E402
-from edgeclin.bench import synthetic_feed  # noqa: E402
+from edgeclin.bench import synthetic_feed, time_interleaved  # noqa: E402
 from edgeclin.data import Columns, load_dataset  # noqa: E402
 from edgeclin.export import detect_isa  # noqa: E402
 from edgeclin.hardware import environment  # noqa: E402
@@ -104,15 +104,7 @@ def main() -> None:
 
     candidates = {"transformers pytorch fp32": run_torch, f"optimum int8 ({isa} dynamic)": run_optimum,
                   f"edgeclin bundle ({args.backend})": run_bundle}
-    times = {name: [] for name in candidates}
-    for fn in candidates.values():
-        for _ in range(args.warmup):
-            fn()
-    for _ in range(args.runs):
-        for name, fn in candidates.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(1000 * (time.perf_counter() - start))
+    times = time_interleaved(candidates, args.warmup, args.runs)
     latency = {name: float(np.median(t)) for name, t in times.items()}
 
     # --- end to end throughput and accuracy, all threads

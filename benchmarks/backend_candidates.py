@@ -21,7 +21,6 @@ import json
 import platform
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from edgeclin import runs  # noqa: E402
+from edgeclin.bench import time_interleaved  # noqa: E402
 from edgeclin.data import Columns, load_dataset  # noqa: E402
 from edgeclin.encoding import encode_texts, pad_arrays  # noqa: E402
 from edgeclin.export import detect_isa, export_onnx, optimize_onnx, quantize_dynamic, quantize_static  # noqa: E402
@@ -107,15 +107,7 @@ def main() -> None:
     except ImportError:
         openvino_version = None
 
-    times: dict[str, list[float]] = {name: [] for name in candidates}
-    for run in candidates.values():
-        for _ in range(args.warmup):
-            run()
-    for _ in range(args.runs):
-        for name, run in candidates.items():
-            start = time.perf_counter()
-            run()
-            times[name].append(1000 * (time.perf_counter() - start))
+    times = time_interleaved(candidates, args.warmup, args.runs)
     baseline = float(np.median(times["onnxruntime int8 dynamic"]))
     rows = [{"candidate": name, "p50_ms": float(np.median(t)), "p90_ms": float(np.percentile(t, 90)),
              "vs_bundle_default": baseline / float(np.median(t))} for name, t in times.items()]

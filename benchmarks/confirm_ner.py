@@ -21,15 +21,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from confirm_defaults import EDGECLIN, RESULTS, ROOT, run  # the same runner: edgeclin in a subprocess, offline
+
 DATA = ROOT.parent / "shared" / "data" / "ncbi_disease"
-RESULTS = ROOT / "benchmarks" / "results"
-EDGECLIN = [sys.executable, "-m", "edgeclin"]
-
-
-def run(*args: str) -> None:
-    print("$ edgeclin " + " ".join(args), flush=True)
-    subprocess.run([*EDGECLIN, *args], check=True, cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
 
 
 def spans_check(predictions: Path) -> dict:

@@ -10,6 +10,7 @@ batching and padding included), so one variant's memory never inflates another's
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import os
 import subprocess
@@ -205,6 +206,26 @@ def synthetic_feed(batch: int, length: int, vocab_size: int, input_names: list[s
     return {k: feed[k] for k in input_names}
 
 
+def time_interleaved(calls: dict, warmup: int, rounds: int, after_round=None) -> dict[str, list[float]]:
+    """Milliseconds of each call per round, calls interleaved within each round (after ``warmup`` each).
+
+    Interleaving spreads drifts of the machine (frequency, neighbours) over every candidate alike,
+    so ratios measured in one run stay fair (../shared/BENCHMARKING.md).
+    """
+    for call in calls.values():
+        for _ in range(warmup):
+            call()
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(rounds):
+        for name, call in calls.items():
+            start = time.perf_counter()
+            call()
+            times[name].append(1000 * (time.perf_counter() - start))
+        if after_round:
+            after_round()
+    return times
+
+
 def measure_latency(variants: list[Variant], thread_counts: list[int], batch_sizes: list[int], seq_lens: list[int],
                     warmup: int, repeats: int, progress: bool) -> list[dict]:
     """p50/p90/p99 per variant, all variants interleaved within each setting."""
@@ -218,20 +239,12 @@ def measure_latency(variants: list[Variant], thread_counts: list[int], batch_siz
         runners = {v.name: Runner(v, threads) for v in runnable}
         for length in seq_lens:
             for batch in batch_sizes:
-                times: dict[str, list[float]] = {name: [] for name in runners}
-                feeds = {}
-                for name, runner in runners.items():
-                    feeds[name] = synthetic_feed(batch, length, runner.vocab_size, runner.input_names)
-                    for _ in range(warmup):
-                        runner.logits(feeds[name])
-                for _ in range(repeats):
-                    for name, runner in runners.items():
-                        start = time.perf_counter()
-                        runner.logits(feeds[name])
-                        times[name].append(time.perf_counter() - start)
-                    bar.update(1)
+                calls = {name: functools.partial(runner.logits, synthetic_feed(batch, length, runner.vocab_size,
+                                                                               runner.input_names))
+                         for name, runner in runners.items()}
+                times = time_interleaved(calls, warmup, repeats, after_round=lambda: bar.update(1))
                 for name, samples in times.items():
-                    ms = 1000 * np.array(samples)
+                    ms = np.array(samples)
                     rows.append({"variant": name, "threads": threads, "batch": batch, "seq_len": length,
                                  "p50_ms": float(np.percentile(ms, 50)), "p90_ms": float(np.percentile(ms, 90)),
                                  "p99_ms": float(np.percentile(ms, 99)), "min_ms": float(ms.min()),

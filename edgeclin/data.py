@@ -175,14 +175,38 @@ def file_columns(path: Path) -> list[str]:
     return _read_records(Path(path))[0]
 
 
+def _first_records(path: Path, count: int = 100) -> list[dict]:
+    """The header (CSV) or the first JSON objects (JSONL): enough to tell the task, without a full read.
+
+    Anything malformed is left for ``read_split`` to report with its line and column.
+    """
+    with path.open(encoding="utf-8", errors="surrogateescape", newline="") as handle:
+        if path.suffix == ".csv":
+            header = next(csv.reader(handle), [])
+            return [dict.fromkeys(name.lstrip("\ufeff") for name in header)]
+        records = []
+        for line in handle:
+            if len(records) >= count:
+                break
+            try:
+                record = json.loads(line) if line.strip() else None
+            except json.JSONDecodeError:
+                break
+            if isinstance(record, dict):
+                records.append(record)
+        return records
+
+
 def detect_task(path: Path, columns: Columns, multi_label: bool = False) -> str:
     """The task a data file holds: NER when it has tokens/tags and no text column."""
-    present, records = _read_records(Path(path))
+    path = Path(path)
+    records = _first_records(path) if path.exists() and path.suffix in SUFFIXES else []
+    present = {key for record in records for key in record}
     if columns.text not in present and columns.tokens in present:
         return TOKEN
     if multi_label:
         return MULTI_LABEL
-    if columns.label and any(isinstance(record.get(columns.label), list) for _, record in records[:100]):
+    if columns.label and any(isinstance(record.get(columns.label), list) for record in records):
         return MULTI_LABEL
     return SINGLE_LABEL
 

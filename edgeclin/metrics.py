@@ -7,12 +7,6 @@ import numpy as np
 from edgeclin.tasks import DEFAULT_THRESHOLD
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax, stable for large logits."""
-    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return shifted / shifted.sum(axis=1, keepdims=True)
-
-
 def classification_metrics(labels: np.ndarray, probabilities: np.ndarray) -> dict[str, float | None]:
     """Accuracy, macro-F1, weighted-F1 and AUROC (binary, or macro one-vs-rest).
 
