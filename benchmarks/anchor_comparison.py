@@ -31,12 +31,13 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from edgeclin import runs, runtime  # noqa: E402
-from edgeclin.bench import synthetic_feed, time_interleaved  # noqa: E402
+from edgeclin import runtime  # noqa: E402
+from edgeclin.bench import synthetic_feed  # noqa: E402
 from edgeclin.data import Columns, load_dataset  # noqa: E402
-from edgeclin.export import detect_isa  # noqa: E402
-from edgeclin.hardware import environment  # noqa: E402
+from edgeclin.hardware import cpu_features, environment  # noqa: E402
 from edgeclin.metrics import classification_metrics  # noqa: E402
+from edgeclin.provenance import git_commit, library_versions  # noqa: E402
+from edgeclin.timing import time_interleaved  # noqa: E402
 
 
 def optimum_default(model_dir: Path, work: Path, isa: str):
@@ -76,7 +77,7 @@ def main() -> None:
     torch_model = AutoModelForSequenceClassification.from_pretrained(args.model).eval()
     labels = [torch_model.config.id2label[i] for i in range(torch_model.config.num_labels)]
     work = Path(tempfile.mkdtemp(prefix="anchor-"))
-    isa = detect_isa()
+    isa = cpu_features().int8_preset
     ort_model = optimum_default(args.model, work, isa)
     bundle_1 = runtime.load(args.bundle, threads=1, backend=args.backend)
     bundle_all = runtime.load(args.bundle, threads=os.cpu_count(), backend=args.backend)
@@ -136,7 +137,7 @@ def main() -> None:
              "texts_per_s": results[name]["texts_per_s"],
              "throughput_speedup": results[name]["texts_per_s"] / base_tput,
              "macro_f1": results[name]["macro_f1"], "accuracy": results[name]["accuracy"]} for name in candidates]
-    env = {**environment(), "versions": runs.library_versions(), "git_commit": runs.git_commit()}
+    env = {**environment(), "versions": library_versions(), "git_commit": git_commit()}
     command = "python benchmarks/anchor_comparison.py " + " ".join(sys.argv[1:])
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "anchor_comparison.json").write_text(json.dumps({"rows": rows, "environment": env,

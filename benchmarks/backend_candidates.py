@@ -28,12 +28,13 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from edgeclin import runs  # noqa: E402
-from edgeclin.bench import time_interleaved  # noqa: E402
 from edgeclin.data import Columns, load_dataset  # noqa: E402
 from edgeclin.encoding import encode_texts, pad_arrays  # noqa: E402
-from edgeclin.export import detect_isa, export_onnx, optimize_onnx, quantize_dynamic, quantize_static  # noqa: E402
-from edgeclin.hardware import cpu_flags, cpu_model  # noqa: E402
+from edgeclin.export import export_onnx, optimize_onnx  # noqa: E402
+from edgeclin.hardware import cpu_features  # noqa: E402
+from edgeclin.provenance import library_versions  # noqa: E402
+from edgeclin.quantization import DynamicInt8, StaticQdqInt8  # noqa: E402
+from edgeclin.timing import time_interleaved  # noqa: E402
 
 
 def quantize_fused(optimized: Path, out: Path) -> Path:
@@ -62,17 +63,18 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="candidates-"))
     fp32 = export_onnx(args.model, work / "onnx")
-    config = runs.read_json(args.model / "config.json")
-    isa = detect_isa()
-    files = {"fp32": fp32, "int8 dynamic": quantize_dynamic(fp32, work / "dyn.onnx", isa, "all", True)}
-    files["fused + int8 dynamic"] = quantize_fused(optimize_onnx(fp32, work / "opt.onnx", config), work / "optq.onnx")
+    isa = cpu_features().int8_preset
+    DynamicInt8(isa, "all", True).apply(fp32, work / "dyn.onnx", lambda count: [])
+    files = {"fp32": fp32, "int8 dynamic": work / "dyn.onnx"}
+    files["fused + int8 dynamic"] = quantize_fused(optimize_onnx(fp32, work / "opt.onnx")[0], work / "optq.onnx")
     tokenizer = Tokenizer.from_file(str(work / "onnx" / "tokenizer.json"))
     texts = [e.text for e in load_dataset(args.data, columns=Columns(), check=False).splits["train"].examples[:64]]
     ids, types, _ = encode_texts(tokenizer, texts, None, 256)
     names = [i.name for i in ort.InferenceSession(str(fp32), providers=["CPUExecutionProvider"]).get_inputs()]
     calibration = [{k: v for k, v in pad_arrays(ids[s:s + 8], types[s:s + 8], 0).items() if k in names}
                    for s in range(0, len(ids), 8)]
-    files["int8 static QDQ"] = quantize_static(fp32, work / "qdq.onnx", calibration, per_channel=True)
+    StaticQdqInt8(isa, len(texts), per_channel=True).apply(fp32, work / "qdq.onnx", lambda count: calibration)
+    files["int8 static QDQ"] = work / "qdq.onnx"
 
     rng = np.random.default_rng(0)
     feed = {"input_ids": rng.integers(1000, 20000, (1, args.tokens)).astype(np.int64),
@@ -111,8 +113,8 @@ def main() -> None:
     baseline = float(np.median(times["onnxruntime int8 dynamic"]))
     rows = [{"candidate": name, "p50_ms": float(np.median(t)), "p90_ms": float(np.percentile(t, 90)),
              "vs_bundle_default": baseline / float(np.median(t))} for name, t in times.items()]
-    environment = {"cpu": cpu_model(), "isa": sorted(f for f in cpu_flags() if f.startswith(("avx", "amx"))),
-                   "threads": 1, "python": platform.python_version(), "versions": runs.library_versions(),
+    environment = {"cpu": cpu_features().model, "isa": cpu_features().isa,
+                   "threads": 1, "python": platform.python_version(), "versions": library_versions(),
                    "openvino": openvino_version, "tokens": args.tokens, "runs": args.runs, "warmup": args.warmup,
                    "model": str(args.model), "command": " ".join(sys.argv)}
     args.out.mkdir(parents=True, exist_ok=True)

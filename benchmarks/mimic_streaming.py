@@ -1,6 +1,6 @@
 """Does `edgeclin data mimic` stream? Time and peak memory on a 1 GB NOTEEVENTS-format file.
 
-Generates SYNTHETIC MIMIC-III tables (edgeclin/builders/fixtures.py: a NOTEEVENTS.csv of
+Generates SYNTHETIC MIMIC-III tables (tests/builder_fixtures.py: a NOTEEVENTS.csv of
 ``--size-mb`` with ~53,000 admissions per GB, as many as the whole of MIMIC-III, and matching
 ADMISSIONS and DIAGNOSES_ICD) in a scratch folder outside the repository, runs
 ``edgeclin data mimic --task dia`` on it as a child process, and reads that process's peak
@@ -54,7 +54,7 @@ def main() -> None:
     source, output = args.scratch / "mimic", args.scratch / "mimic-dia"
     try:
         started = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "edgeclin.builders.fixtures", "mimic-large", "--size-mb",
+        subprocess.run([sys.executable, str(ROOT / "tests" / "builder_fixtures.py"), "mimic-large", "--size-mb",
                         str(args.size_mb), str(source)], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
         generate_s = time.perf_counter() - started
         notes_mb = (source / "NOTEEVENTS.csv").stat().st_size / 1e6

@@ -9,19 +9,30 @@ from pathlib import Path
 
 import click
 
+from edgeclin.engines import BACKENDS
 from edgeclin.errors import EdgeclinError
+from edgeclin.hardware import INT8_PRESETS, PRECISIONS
+from edgeclin.logs import configure_cli
+from edgeclin.methods import METHODS
+from edgeclin.models import INITS
+from edgeclin.quantization import QUANTIZE_OPS
+from edgeclin.schema import TRUNCATION_STRATEGIES
+from edgeclin.training_config import SCHEDULES
+
+BACKEND_CHOICES = click.Choice(["auto", *BACKENDS])
 
 
 def _friendly_errors(command):
-    """Turn EdgeclinError into one line on stderr and exit code 2: no traceback."""
+    """Turn EdgeclinError into one line on stderr and a non-zero exit (2; 3 for a collapsed run): no traceback."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
+        configure_cli(quiet=bool(kwargs.get("quiet")))
         try:
             return command(*args, **kwargs)
         except EdgeclinError as exc:
             click.echo(f"edgeclin: error: {exc}", err=True)
-            sys.exit(2)
+            sys.exit(getattr(exc, "exit_code", 2))
         except KeyboardInterrupt:
             click.echo("edgeclin: interrupted", err=True)
             sys.exit(130)
@@ -48,7 +59,7 @@ def main() -> None:
 @main.command()
 @click.option("--model", default="all-MiniLM-L6-v2", show_default=True,
               help="Built-in name, local Hugging Face folder, or hub id (e.g. nlpie/bio-mobilebert).")
-@click.option("--init", type=click.Choice(["pretrained", "random"]), default="pretrained", show_default=True,
+@click.option("--init", type=click.Choice(INITS), default="pretrained", show_default=True,
               help="random: the architecture with random weights, offline (presets too: tiny-biobert, bio-mobilebert, "
               "distil-biobert, biobert); for latency and cost work, accuracy means nothing.")
 @click.option("--data", type=str, default=None,
@@ -66,48 +77,60 @@ def main() -> None:
 @click.option("--text-pair-col", default=None, help="Column holding a second text (sentence pairs).")
 @click.option("--skip-bad-rows", is_flag=True,
               help="Drop empty or non-UTF-8 rows (and report how many) instead of failing.")
-@click.option("--limit", type=int, help="Use a deterministic subsample of N rows of each split.")
-@click.option("--method", type=click.Choice(["lora", "full", "ia3", "prefix", "prompt", "ptuning"]), default="lora",
+@click.option("--limit", type=click.IntRange(min=1), help="Use a deterministic subsample of N rows of each split.")
+@click.option("--method", type=click.Choice(list(METHODS)), default="lora",
               show_default=True, help="lora: low-rank adapters and the head; full: every weight (the baseline); "
               "ia3, prefix, prompt, ptuning: the other PEFT methods of Taylor et al. 2024 (only lora, ia3 and full "
               "export to ONNX).")
-@click.option("--lora-r", type=int, default=8, show_default=True, help="LoRA rank.")
-@click.option("--lora-alpha", type=int, default=16, show_default=True,
+@click.option("--lora-r", type=click.IntRange(min=1), default=8, show_default=True, help="LoRA rank.")
+@click.option("--lora-alpha", type=click.IntRange(min=1), default=16, show_default=True,
               help="LoRA scaling numerator (scale = alpha / r).")
-@click.option("--lora-dropout", type=float, default=0.1, show_default=True)
+@click.option("--lora-dropout", type=click.FloatRange(0, 1, max_open=True), default=0.1, show_default=True,
+              help="Dropout on the LoRA branch.")
 @click.option("--target-modules", default="attention", show_default=True,
               help="LoRA targets: qv, qkv, attention (q,k,v,output), all-linear, or a comma list of module names.")
-@click.option("--num-virtual-tokens", type=int, default=10, show_default=True,
+@click.option("--num-virtual-tokens", type=click.IntRange(min=1), default=10, show_default=True,
               help="Virtual tokens for prefix, prompt and P-tuning.")
-@click.option("--epochs", type=int, default=4, show_default=True)
-@click.option("--max-steps", type=int, help="Stop after this many optimizer steps.")
+@click.option("--epochs", type=click.IntRange(min=1), default=4, show_default=True,
+              help="Passes over the training split.")
+@click.option("--max-steps", type=click.IntRange(min=1), help="Stop after this many optimizer steps.")
 @click.option("--lr", type=float, help="Learning rate. Default per method: lora 4e-3, full 2e-4 "
               "(ia3, prompt, ptuning 1e-3; prefix 1e-2).")
-@click.option("--warmup-ratio", type=float, default=0.1, show_default=True,
+@click.option("--warmup-ratio", type=click.FloatRange(0, 1), default=0.1, show_default=True,
               help="Fraction of steps spent warming up.")
-@click.option("--schedule", type=click.Choice(["linear", "cosine", "constant_with_warmup"]), default="linear",
+@click.option("--schedule", type=click.Choice(SCHEDULES), default="linear",
               show_default=True, help="Learning-rate schedule after warm-up.")
-@click.option("--batch-size", type=int, default=16, show_default=True)
-@click.option("--grad-accum", type=int, default=1, show_default=True, help="Gradient accumulation steps.")
-@click.option("--max-length", type=int, default=256, show_default=True,
+@click.option("--max-grad-norm", type=click.FloatRange(min=0), default=1.0, show_default=True,
+              help="Clip the gradient norm at each optimizer step (0: no clipping).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True, help="Rows per batch.")
+@click.option("--grad-accum", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Gradient accumulation steps.")
+@click.option("--max-length", type=click.IntRange(min=8), default=256, show_default=True,
               help="Tokens per input; longer inputs are cut and counted.")
-@click.option("--truncation", type=click.Choice(["head", "tail", "head+tail"]), default="head", show_default=True,
+@click.option("--truncation", type=click.Choice(TRUNCATION_STRATEGIES), default="head", show_default=True,
               help="Which part of a long input to keep.")
-@click.option("--seed", type=int, default=42, show_default=True)
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
+@click.option("--seed", type=int, default=42, show_default=True,
+              help="Same seed, same data, same machine: same result.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="auto: the GPU if there is one.")
+@click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
               help="auto: bf16 autocast on GPUs, fp32 on CPUs (bf16 measured slower on CPU; see README).")
-@click.option("--early-stopping-patience", type=int,
-              help="Stop after N epochs without a better validation macro-F1.")
+@click.option("--early-stopping-patience", type=click.IntRange(min=1),
+              help="Stop after N epochs without a better validation score (the task's metric).")
+@click.option("--allow-degenerate", is_flag=True,
+              help="Finish with exit 0 even if the best epoch predicts one answer for everything (a collapsed run "
+              "otherwise exits with 3, its folder kept for inspection).")
 @click.option("-o", "--output", type=click.Path(file_okay=False),
               help="Run folder. Default: runs/<model>-<method>-<time>.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
 @click.option("--resume", type=click.Path(file_okay=False),
-              help="Continue an interrupted run (its folder) from its last finished epoch; other options are "
-              "taken from that run.")
-@click.option("--quiet", is_flag=True, help="No progress bars.")
+              help="Continue an interrupted run (its folder) from its last finished epoch, with that run's options "
+              "(only --quiet may be added).")
+@click.option("--quiet", is_flag=True,
+              help="No progress bars or notes; warnings (cut inputs, skipped rows) still show.")
+@click.pass_context
 @_friendly_errors
-def train(resume, quiet, **options) -> None:
+def train(ctx, resume, quiet, **options) -> None:
     """Fine-tune a classifier on text (LoRA or full) and write a run folder.
 
     \b
@@ -119,18 +142,29 @@ def train(resume, quiet, **options) -> None:
       edgeclin train --data notes/ --method full --epochs 3 -o runs/baseline
       accelerate launch -m edgeclin train --data notes/     # several GPUs
     """
-    from edgeclin.training import TrainConfig
+    from edgeclin.tasks import get_task
     from edgeclin.training import train as run_training
+    from edgeclin.training_config import TrainConfig
 
     if resume:
-        result = run_training(resume=resume)
+        _refuse_options_with_resume(ctx)
+        result = run_training(resume=resume, progress=not quiet)
     else:
         result = run_training(TrainConfig(progress=not quiet, **options))
     if os.environ.get("RANK", "0") != "0":  # under accelerate launch / torchrun: one summary line
         return
-    from edgeclin.tasks import headline
+    click.echo(f"{result.output}: test {get_task(result.metrics['task']).headline(result.metrics['test'])}")
 
-    click.echo(f"{result.output}: test {headline(result.metrics['task'], result.metrics['test'])}")
+
+def _refuse_options_with_resume(ctx: click.Context) -> None:
+    """--resume continues with the run's own options: any other given on the command line is refused."""
+    from click.core import ParameterSource
+
+    given = [max(p.opts, key=len) for p in ctx.command.params if isinstance(p, click.Option)
+             and p.name not in ("resume", "quiet") and ctx.get_parameter_source(p.name) == ParameterSource.COMMANDLINE]
+    if given:
+        raise EdgeclinError(f"--resume continues the run with its own options; {', '.join(given)} cannot be "
+                            "changed (start a new run with -o instead)")
 
 
 @main.command()
@@ -163,13 +197,13 @@ def merge(run, output, eval_data, overwrite) -> None:
 @click.option("--optimize", is_flag=True,
               help="Apply onnxruntime's transformer fusions (kept only if the gate passes).")
 @click.option("--opset", type=int, help="ONNX opset (default: optimum's choice).")
-@click.option("--quantize", type=click.Choice(["all", "matmul"]), default="all", show_default=True,
+@click.option("--quantize", type=click.Choice(list(QUANTIZE_OPS)), default="all", show_default=True,
               help="all: optimum's op set, embeddings included (smallest); matmul: leave the embedding table fp32.")
 @click.option("--per-channel", is_flag=True, help="Per-channel weight scales (not always more accurate: measure).")
-@click.option("--isa", type=click.Choice(["auto", "avx2", "avx512", "avx512_vnni", "arm64"]), default="auto",
+@click.option("--isa", type=click.Choice(["auto", *INT8_PRESETS]), default="auto",
               show_default=True, help="Quantisation preset; auto detects this CPU.")
 @click.option("--static", is_flag=True, help="Also try calibrated static int8 (QDQ, MatMul only) first.")
-@click.option("--calibration", type=int, default=300, show_default=True, help="Training texts for --static.")
+@click.option("--calibration", type=click.IntRange(min=1), help="Training texts for --static [default: 300].")
 @click.option("--max-drop", type=float, default=1.0, show_default=True,
               help="Most points of the task metric (macro-F1; multi-label micro-F1; NER entity F1) int8 may lose "
               "against fp32 before the next setting is tried.")
@@ -180,9 +214,9 @@ def merge(run, output, eval_data, overwrite) -> None:
               help="Also carry the fp32 graph (model.fp32.onnx) for OpenVINO in bf16, which is fastest on CPUs "
               "with AMX; the backends are measured at export and predict --backend auto picks the winner.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing bundle folder.")
-@click.option("--quiet", is_flag=True)
+@click.option("--quiet", is_flag=True, help="No progress notes or gate table; warnings still show.")
 @_friendly_errors
-def export_command(source, **options) -> None:
+def export_command(source, output, **options) -> None:
     """Export a run, merged folder or HF classifier folder to an ONNX bundle.
 
     \b
@@ -192,9 +226,9 @@ def export_command(source, **options) -> None:
       edgeclin export runs/my-lora --int8
       edgeclin export runs/my-lora --int8 --quantize matmul --per-channel -o export/ward7
     """
-    from edgeclin.export import export
+    from edgeclin.export import ExportConfig, export
 
-    result = export(source, **options)
+    result = export(source, output, ExportConfig(**options))
     chosen = result.manifest["chosen"]
     size = result.manifest["files"]["model.onnx"]["bytes"] / 1e6
     click.echo(f"{result.bundle}: {chosen}, model.onnx {size:.1f} MB")
@@ -211,11 +245,13 @@ def export_command(source, **options) -> None:
 @click.option("--label-col", help="Label column; if present, a metrics summary is printed.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), help="Inference threads (default: all cores).")
-@click.option("--backend", type=click.Choice(["auto", "onnxruntime", "openvino"]), default="auto", show_default=True,
+@click.option("--backend", type=BACKEND_CHOICES, default="auto", show_default=True,
               help="auto: what export measured fastest at equal accuracy on this kind of CPU (else onnxruntime); "
               "openvino (optional package) runs model.onnx with OpenVINO.")
+@click.option("--quiet", is_flag=True, help="No notes; warnings (cut inputs, unknown labels) still show.")
 @_friendly_errors
-def predict(bundle, data_file, output, text_col, text_pair_col, label_col, batch_size, threads, backend) -> None:
+def predict(bundle, data_file, output, text_col, text_pair_col, label_col, batch_size, threads, backend,
+            quiet) -> None:
     """Classify texts, or tag entities, with an exported bundle: onnxruntime and tokenizers only (no torch).
 
     The bundle's checksums are verified first; a changed or incomplete bundle is refused.
@@ -228,9 +264,9 @@ def predict(bundle, data_file, output, text_col, text_pair_col, label_col, batch
     summary = predict_file(bundle, data_file, output, text_col=text_col, text_pair_col=text_pair_col,
                            label_col=label_col, batch_size=batch_size, threads=threads, backend=backend)
     if summary.get("metrics"):
-        from edgeclin.tasks import headline
+        from edgeclin.tasks import get_task
 
-        click.echo(f"{summary['rows']} rows: {headline(summary['task'], summary['metrics'])}", err=True)
+        click.echo(f"{summary['rows']} rows: {get_task(summary['task']).headline(summary['metrics'])}", err=True)
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -251,7 +287,7 @@ def _int_list(text: str) -> tuple[int, ...]:
 @click.option("--warmup", type=int, default=5, show_default=True)
 @click.option("--runs", "repeats", type=int, default=50, show_default=True, help="Timed runs per setting.")
 @click.option("--max-length", type=int, help="Max tokens end to end (default: each variant's trained max length).")
-@click.option("--backends", default="onnxruntime,openvino", show_default=True,
+@click.option("--backends", default=",".join(BACKENDS), show_default=True,
               help="Runtimes to measure bundles with (openvino is skipped, and says so, when not installed).")
 @click.option("--out", type=click.Path(file_okay=False), help="Output folder. Default: bench/<time>.")
 @click.option("--compare", nargs=2, type=click.Path(dir_okay=False), help="Print ratios between two results.json.")
@@ -285,7 +321,7 @@ def bench_command(sources, baseline, data, batch_sizes, seq_lens, threads, warmu
 @click.option("--models", required=True,
               help="Comma list: built-in names, presets (tiny-biobert, bio-mobilebert, distil-biobert, biobert, "
               "minilm-l6), local folders or hub ids.")
-@click.option("--methods", default=",".join(("full", "lora", "ia3", "prefix", "prompt", "ptuning")),
+@click.option("--methods", default=",".join(METHODS),
               show_default=True, help="Comma list of fine-tuning methods; full is the reference for the gap column.")
 @click.option("--data", default=None, help="Data folder (train/valid/test). Default: built-in synthetic demo notes.")
 @click.option("--seeds", type=click.IntRange(min=1), default=1, show_default=True,
@@ -299,7 +335,7 @@ def bench_command(sources, baseline, data, batch_sizes, seq_lens, threads, warmu
 @click.option("--label-col", help="Label column (default: label).")
 @click.option("--text-pair-col", help="Second text column, for sentence pairs (e.g. text_pair for nli4ct).")
 @click.option("--multi-label", is_flag=True, default=None, help="Several ;-separated labels per row (see train).")
-@click.option("--init", type=click.Choice(["pretrained", "random"]),
+@click.option("--init", type=click.Choice(INITS),
               help="pretrained (default), or random: the architectures with random weights, offline: for the time, "
               "memory and size columns only.")
 @click.option("--search", type=click.IntRange(min=0), default=0, show_default=True,
@@ -307,7 +343,7 @@ def bench_command(sources, baseline, data, batch_sizes, seq_lens, threads, warmu
               "x0.1..x10, log scale) and, for LoRA, rank 4/8/16 and alpha 8/16/32. Needs: pip install "
               "'edgeclin[sweep]'.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Default: train's (auto).")
-@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), help="Default: train's (auto).")
+@click.option("--precision", type=click.Choice(PRECISIONS), help="Default: train's (auto).")
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False),
               help="Sweep folder: runs/ (one run per cell), sweep.md/.csv/.json and plots. Rerun to resume.")
 @click.option("--quiet", is_flag=True, help="No progress lines or bars.")

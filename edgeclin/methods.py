@@ -85,25 +85,31 @@ class Method:
     default_lr: float
     mergeable: bool  # can the result be folded into plain model weights?
     saves_adapter: bool
-    prepare: Callable  # (model, TrainConfig) -> trainable model
+    build: Callable  # (model, TrainConfig, task, new_weights) -> trainable model
+    peft_type: str | None = None  # what peft writes in adapter_config.json
+
+    def prepare(self, model, config, *, task=None, new_weights: list[str] | tuple = ()):
+        """The trainable model. ``task``: its strategy (default: read from the model's class);
+        ``new_weights``: weights that started random, which train in full."""
+        from edgeclin.tasks import task_of_model
+
+        return self.build(model, config, task or task_of_model(model), list(new_weights))
 
 
-def _task_type(model):
-    """peft's wrapper for the model's head: a token classifier needs its own (virtual tokens are cut off)."""
+def _task_type(task):
+    """peft's wrapper for the task's head (a token classifier needs its own: virtual tokens are cut off)."""
     from peft import TaskType
 
-    if type(model).__name__.endswith("ForTokenClassification"):
-        return TaskType.TOKEN_CLS
-    return TaskType.SEQ_CLS
+    return TaskType[task.peft_task_type]
 
 
-def _prepare_full(model, config):
+def _prepare_full(model, config, task, new_weights):
     for parameter in model.parameters():
         parameter.requires_grad = True
     return model
 
 
-def _prepare_lora(model, config):
+def _prepare_lora(model, config, task, new_weights):
     from peft import LoraConfig, get_peft_model
 
     model_type = model.config.model_type
@@ -111,14 +117,13 @@ def _prepare_lora(model, config):
     to_save = head_modules_to_save(model_type) or []
     # A pretrained pooler gets LoRA; one that the checkpoint lacks starts random and must
     # train in full, or LoRA would adapt noise (checkpoints saved as embedding or MLM models).
-    new_weights = getattr(model, "edgeclin_new_weights", [])
     head_lora = ARCHITECTURES[model_type].head_lora if model_type in ARCHITECTURES else ()
     for name in [t for t in targets if t in head_lora]:  # exact head layers only, never a bare "dense"
         if any(weight.rsplit(".", 1)[0].endswith(name) for weight in new_weights):
             targets.remove(name)
             to_save.append(name)
     lora_config = LoraConfig(
-        task_type=_task_type(model),
+        task_type=_task_type(task),
         r=config.lora_r,
         lora_alpha=config.lora_alpha,
         lora_dropout=config.lora_dropout,
@@ -131,7 +136,7 @@ def _prepare_lora(model, config):
         raise EdgeclinError(f"LoRA could not be applied: {exc}") from None
 
 
-def _prepare_ia3(model, config):
+def _prepare_ia3(model, config, task, new_weights):
     """IA3 (Liu et al. 2022): learned rescaling of keys, values and the feed-forward output."""
     from peft import IA3Config, get_peft_model
 
@@ -140,7 +145,7 @@ def _prepare_ia3(model, config):
     if arch is None:
         raise EdgeclinError(f"no IA3 targets known for model type {model_type!r}")
     feed_forward = arch.feed_forward[-1:]  # the layer that maps back to the hidden size
-    ia3_config = IA3Config(task_type=_task_type(model), target_modules=[*arch.attention[1:], *feed_forward],
+    ia3_config = IA3Config(task_type=_task_type(task), target_modules=[*arch.attention[1:], *feed_forward],
                            feedforward_modules=list(feed_forward), modules_to_save=head_modules_to_save(model_type))
     return get_peft_model(model, ia3_config)
 
@@ -151,7 +156,7 @@ PREFIX_ARCHITECTURES = ("bert",)
 def _prompt_learning(kind: str):
     """Prefix tuning, prompt tuning and P-tuning: trained virtual tokens, frozen model."""
 
-    def prepare(model, config):
+    def prepare(model, config, task, new_weights):
         from peft import PrefixTuningConfig, PromptEncoderConfig, PromptTuningConfig, get_peft_model
 
         config_class, extra = {
@@ -170,39 +175,18 @@ def _prompt_learning(kind: str):
         # prefixes live in every layer's key/value space
         token_dim = hidden if kind == "prefix" else getattr(c, "embedding_size", None) or hidden
         peft_config = config_class(
-            task_type=_task_type(model), num_virtual_tokens=config.num_virtual_tokens, token_dim=token_dim,
+            task_type=_task_type(task), num_virtual_tokens=config.num_virtual_tokens, token_dim=token_dim,
             num_layers=getattr(c, "num_hidden_layers", None) or c.n_layers,
             num_attention_heads=getattr(c, "num_attention_heads", None) or c.n_heads, **extra)
         try:
             peft_model = get_peft_model(model, peft_config)
         except ValueError as exc:
             raise EdgeclinError(f"{kind} tuning could not be applied to {c.model_type}: {exc}") from None
-        if kind != "prefix" and type(model).__name__.endswith("ForTokenClassification"):
-            _align_virtual_tokens(peft_model, config.num_virtual_tokens)
+        if kind != "prefix":  # prompt and P-tuning prepend virtual tokens to the input
+            task.adapt_prompt_model(peft_model, config.num_virtual_tokens)
         return peft_model
 
     return prepare
-
-
-def _align_virtual_tokens(model, count: int) -> None:
-    """Token classification with prompt/P-tuning: keep labels and logits aligned with the real tokens.
-
-    peft prepends the virtual tokens to the input but neither shifts the labels nor drops the
-    virtual positions from the logits (loss fails on mismatched lengths); so here the labels get
-    ``count`` ignored positions in front, and the logits lose them.
-    """
-    import torch.nn.functional as F
-
-    forward = model.forward
-
-    def aligned_forward(*args, labels=None, **kwargs):
-        if labels is not None:
-            labels = F.pad(labels, (count, 0), value=-100)
-        output = forward(*args, labels=labels, **kwargs)
-        output.logits = output.logits[:, count:]
-        return output
-
-    model.forward = aligned_forward
 
 
 NOT_MERGEABLE = ("its trained virtual tokens are extra inputs to every layer, not changes to existing weights, "
@@ -211,17 +195,17 @@ NOT_MERGEABLE = ("its trained virtual tokens are extra inputs to every layer, no
 
 # Default learning rates: LoRA and full from benchmarks/search_defaults.py (see README, "Defaults");
 # the others start from Taylor et al. 2024's (1e-3 IA3, prompt, P-tuning; 1e-2 prefix tuning).
-METHODS: dict[str, Method] = {
-    "full": Method("full", default_lr=2e-4, mergeable=True, saves_adapter=False, prepare=_prepare_full),
-    "lora": Method("lora", default_lr=4e-3, mergeable=True, saves_adapter=True, prepare=_prepare_lora),
-    "ia3": Method("ia3", default_lr=1e-3, mergeable=True, saves_adapter=True, prepare=_prepare_ia3),
-    "prefix": Method("prefix", default_lr=1e-2, mergeable=False, saves_adapter=True,
-                     prepare=_prompt_learning("prefix")),
-    "prompt": Method("prompt", default_lr=1e-3, mergeable=False, saves_adapter=True,
-                     prepare=_prompt_learning("prompt")),
-    "ptuning": Method("ptuning", default_lr=1e-3, mergeable=False, saves_adapter=True,
-                      prepare=_prompt_learning("ptuning")),
-}
+METHODS: dict[str, Method] = {m.name: m for m in (
+    Method("full", default_lr=2e-4, mergeable=True, saves_adapter=False, build=_prepare_full),
+    Method("lora", default_lr=4e-3, mergeable=True, saves_adapter=True, build=_prepare_lora, peft_type="LORA"),
+    Method("ia3", default_lr=1e-3, mergeable=True, saves_adapter=True, build=_prepare_ia3, peft_type="IA3"),
+    Method("prefix", default_lr=1e-2, mergeable=False, saves_adapter=True, build=_prompt_learning("prefix"),
+           peft_type="PREFIX_TUNING"),
+    Method("prompt", default_lr=1e-3, mergeable=False, saves_adapter=True, build=_prompt_learning("prompt"),
+           peft_type="PROMPT_TUNING"),
+    Method("ptuning", default_lr=1e-3, mergeable=False, saves_adapter=True, build=_prompt_learning("ptuning"),
+           peft_type="P_TUNING"),
+)}
 
 
 def get_method(name: str) -> Method:
@@ -229,3 +213,8 @@ def get_method(name: str) -> Method:
         return METHODS[name]
     except KeyError:
         raise EdgeclinError(f"unknown method {name!r} (choose from {', '.join(METHODS)})") from None
+
+
+def method_of_adapter(peft_type: str) -> Method | None:
+    """The method that wrote an adapter, from adapter_config.json's ``peft_type``."""
+    return next((m for m in METHODS.values() if m.peft_type == peft_type), None)

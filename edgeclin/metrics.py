@@ -1,10 +1,8 @@
-"""Task metrics, computed with scikit-learn."""
+"""Metric functions, computed with scikit-learn and seqeval. Which one a task uses is in ``edgeclin.tasks``."""
 
 from __future__ import annotations
 
 import numpy as np
-
-from edgeclin.tasks import DEFAULT_THRESHOLD
 
 
 def classification_metrics(labels: np.ndarray, probabilities: np.ndarray) -> dict[str, float | None]:
@@ -98,25 +96,3 @@ def entity_metrics(true_tags: list[list[str]], predicted_tags: list[list[str]]) 
     correct = sum(a == b for t, p in zip(true_tags, predicted_tags, strict=True) for a, b in zip(t, p, strict=True))
     return {"precision": float(micro["precision"]), "recall": float(micro["recall"]), "f1": float(micro["f1-score"]),
             "accuracy": correct / max(tokens, 1), "entities": int(micro["support"]), "per_type": per_type}
-
-
-def task_metrics(task: str, examples: list, predictions, labels: list[str], threshold: float | None = None) -> dict:
-    """The task's metrics of predictions against labelled examples.
-
-    ``predictions``: class probabilities (n, classes) for classification; for NER, a list of
-    predicted tags per example (one per word). Multi-label needs the decision ``threshold``.
-    """
-    from edgeclin.tasks import MULTI_LABEL, TOKEN
-
-    if task == TOKEN:
-        return entity_metrics([list(e.tags) for e in examples], [list(p) for p in predictions])
-    label2id = {label: i for i, label in enumerate(labels)}
-    if task == MULTI_LABEL:
-        targets = np.zeros((len(examples), len(labels)), dtype=int)
-        for row, example in enumerate(examples):
-            for label in example.label_set:
-                if label in label2id:
-                    targets[row, label2id[label]] = 1
-        return multilabel_metrics(targets, predictions, DEFAULT_THRESHOLD if threshold is None else threshold)
-    return classification_metrics(np.array([label2id[e.label] for e in examples]), predictions)
-

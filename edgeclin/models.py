@@ -15,11 +15,14 @@ import json
 import logging
 import os
 import shutil
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgeclin.errors import EdgeclinError
+from edgeclin.files import safe_name, temporary_sibling
+from edgeclin.logs import get_logger
+
+log = get_logger(__name__)
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 
@@ -188,8 +191,7 @@ def _random_init_model(name: str) -> ResolvedModel:
             "tokenizer": tokenizer_source, "seed": RANDOM_INIT_SEED, "note": RANDOM_INIT_NOTE}
     described = json.dumps({"config": config.to_diff_dict(), "tokenizer": tokenizer_source,
                             "seed": RANDOM_INIT_SEED}, sort_keys=True, default=str)
-    short = "".join(c if c.isalnum() or c in "._-" else "-" for c in Path(name.rstrip("/")).name) or "model"
-    folder = cache_dir() / "random-init" / f"{short}-{hashlib.sha256(described.encode()).hexdigest()[:12]}"
+    folder = cache_dir() / "random-init" / f"{safe_name(name)}-{hashlib.sha256(described.encode()).hexdigest()[:12]}"
     if not (folder / "edgeclin_init.json").is_file():
         _build_random_folder(folder, config, tokenizer, info)
     return ResolvedModel(name=name, path=str(folder), source="random", init=info)
@@ -199,9 +201,9 @@ def _build_random_folder(folder: Path, config, tokenizer, info: dict) -> None:
     import torch
     from transformers import AutoModel
 
-    print(f"building {info['model_type']} with random weights in {folder} ({RANDOM_INIT_NOTE})", file=sys.stderr)
+    log.info(f"building {info['model_type']} with random weights in {folder} ({RANDOM_INIT_NOTE})")
     # a private folder per process, renamed into place: parallel processes never see half a model
-    tmp = folder.with_name(f"{folder.name}.tmp{os.getpid()}")
+    tmp = temporary_sibling(folder)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
@@ -232,52 +234,74 @@ def load_tokenizer(path: str):
     return tokenizer
 
 
+def max_positions(model_config: dict) -> int | None:
+    """How many tokens the model takes (RoBERTa-style models number positions from padding_idx + 1)."""
+    positions = model_config.get("max_position_embeddings")
+    if positions is None:
+        return None
+    roberta_style = model_config.get("model_type") in ("roberta", "mpnet", "camembert", "xlm-roberta")
+    return positions - ((model_config.get("pad_token_id") or 0) + 1 if roberta_style else 0)
+
+
+@dataclass
+class LoadedModel:
+    model: object  # a transformers classifier
+    new_weights: list[str]  # weights that started random (the head; sometimes the pooler): trained in full
+
+
 def load_classifier(path: str, labels: list[str] | None = None, *, dtype=None, task: str | None = None):
     """Load a sequence or token classifier; with ``labels``, (re)size its head to those labels.
 
-    ``task`` (see ``edgeclin.tasks``) picks the head; None keeps what the folder's config says.
+    ``task`` (a name from ``edgeclin.tasks``) picks the head; None keeps what the folder's config says.
     """
-    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoModelForTokenClassification
-    from transformers.utils import logging as hf_logging
+    return load_classifier_with_info(path, labels, dtype=dtype, task=task).model
 
-    from edgeclin.tasks import MULTI_LABEL, SINGLE_LABEL, TOKEN
 
-    kwargs = {"trust_remote_code": False, "use_safetensors": True}
-    if task is None:  # a trained folder: its config names the head it was saved with
-        try:
-            architectures = AutoConfig.from_pretrained(path, trust_remote_code=False).architectures or []
-        except (OSError, ValueError):
-            architectures = []
-        task = TOKEN if any(a.endswith("ForTokenClassification") for a in architectures) else SINGLE_LABEL
-    if task == MULTI_LABEL:
-        kwargs["problem_type"] = "multi_label_classification"  # sigmoid + binary cross-entropy
-    auto_class = AutoModelForTokenClassification if task == TOKEN else AutoModelForSequenceClassification
+def _head_kwargs(labels: list[str] | None, dtype) -> dict:
+    kwargs: dict = {"trust_remote_code": False, "use_safetensors": True}
     if labels is not None:
-        kwargs.update(
-            num_labels=len(labels),
-            id2label=dict(enumerate(labels)),
-            label2id={label: i for i, label in enumerate(labels)},
-            # a checkpoint trained on other labels gets a fresh head instead of an error
-            ignore_mismatched_sizes=True,
-        )
+        kwargs.update(num_labels=len(labels), id2label=dict(enumerate(labels)),
+                      label2id={label: i for i, label in enumerate(labels)},
+                      ignore_mismatched_sizes=True)  # a checkpoint trained on other labels gets a fresh head
     if dtype is not None:
         kwargs["dtype"] = dtype
-    # "newly initialized: classifier" is expected when starting a fine-tune; keep it quiet
-    previous = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
+    return kwargs
+
+
+def _refuse_pickle_weights(path: str) -> None:
     local = Path(path)
     if local.is_dir() and not any(local.glob("*.safetensors")) and any(local.glob("*.bin")):
-        raise EdgeclinError(
-            f"{path} holds only pickle weights (*.bin); edgeclin loads safetensors only, for safety. "
-            "Convert once with: model.save_pretrained(folder, safe_serialization=True)"
-        )
+        raise EdgeclinError(f"{path} holds only pickle weights (*.bin); edgeclin loads safetensors only, for safety. "
+                            "Convert once with: model.save_pretrained(folder, safe_serialization=True)")
+
+
+def load_classifier_with_info(path: str, labels: list[str] | None = None, *, dtype=None,
+                              task: str | None = None) -> LoadedModel:
+    """``load_classifier``, and which weights started random."""
+    import transformers
+    from transformers import AutoConfig
+    from transformers.utils import logging as hf_logging
+
+    from edgeclin.tasks import get_task, task_of_model_config
+
+    if task is None:  # a trained folder: its config names the head it was saved with
+        try:
+            config = AutoConfig.from_pretrained(path, trust_remote_code=False).to_dict()
+        except (OSError, ValueError):
+            config = {}
+        strategy = task_of_model_config(config)
+    else:
+        strategy = get_task(task)
+    kwargs = {**_head_kwargs(labels, dtype), **strategy.model_kwargs()}
+    _refuse_pickle_weights(path)
+    previous = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # "newly initialized: classifier" is expected when starting a fine-tune
     try:
+        auto_class = getattr(transformers, strategy.auto_model)
         model, info = auto_class.from_pretrained(path, output_loading_info=True, **kwargs)
     except (OSError, ValueError) as exc:  # ValueError: an architecture without a classification head
         raise EdgeclinError(f"could not load model from {path}: {str(exc).splitlines()[0]}") from None
     finally:
         hf_logging.set_verbosity(previous)
         logging.getLogger("transformers").setLevel(logging.WARNING)
-    # which weights started random (the head; sometimes the pooler): methods train those in full
-    model.edgeclin_new_weights = sorted(set(info["missing_keys"]) | {k for k, *_ in info["mismatched_keys"]})
-    return model
+    return LoadedModel(model, sorted(set(info["missing_keys"]) | {k for k, *_ in info["mismatched_keys"]}))

@@ -17,20 +17,21 @@ import csv
 import gc
 import io
 import json
-import os
-import re
 import shutil
 import statistics
-import sys
 import time
 import traceback
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 
-from edgeclin import runs
+from edgeclin.artifacts import METRICS, RUN_RECORD, partial_dir
 from edgeclin.errors import EdgeclinError
+from edgeclin.files import atomic_file, read_json, safe_name, write_json
+from edgeclin.logs import get_logger
 from edgeclin.methods import METHODS, get_method
 from edgeclin.models import INITS
+
+log = get_logger(__name__)
 
 DEFAULT_METHODS = ("full", "lora", "ia3", "prefix", "prompt", "ptuning")
 # TrainConfig fields the sweep sets per cell; every other field is a sweep-wide option
@@ -61,7 +62,7 @@ class SweepResult:
 
 
 def short_name(model: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", Path(model.rstrip("/")).name).strip("-") or "model"
+    return safe_name(model)
 
 
 def _split(items) -> list[str]:
@@ -79,19 +80,10 @@ def require_optuna():
     return optuna
 
 
-def run_sweep(models, methods=DEFAULT_METHODS, *, output: str | Path, data: str | None = None, seeds: int = 1,
-              search: int = 0, progress: bool = True, **train_options) -> SweepResult:
-    """Train every (model, method, seed) cell into ``output``/runs and write the report.
+def _check_options(models: list[str], methods: list[str], seeds: int, search: int, train_options: dict) -> dict:
+    """Fail before any work; return the options that differ from train's defaults."""
+    from edgeclin.training_config import TrainConfig
 
-    ``models`` and ``methods`` are lists or comma-separated strings; ``seeds`` runs seeds
-    0 .. seeds-1. ``train_options`` are ``TrainConfig`` fields shared by every cell
-    (``epochs``, ``limit``, ``max_length``, ``init`` ...). ``search`` > 0 first tunes the
-    learning rate (and LoRA's rank and alpha) of each (model, method) with that many Optuna
-    trials on the validation metric, then trains the cells with the best setting.
-    """
-    from edgeclin.training import TrainConfig
-
-    models, methods = _split(models), _split(methods)
     if not models:
         raise EdgeclinError("--models is empty: give one or more models, comma-separated")
     if not methods:
@@ -110,90 +102,124 @@ def run_sweep(models, methods=DEFAULT_METHODS, *, output: str | Path, data: str 
             raise EdgeclinError(f"{key!r} is not a sweep-wide training option")
     if train_options.get("init", "pretrained") not in INITS:
         raise EdgeclinError(f"unknown --init {train_options['init']!r} (choose from {', '.join(INITS)})")
-    # an option given at its default is no setting of its own (the CLI passes --init pretrained)
-    train_options = {k: v for k, v in train_options.items() if v != defaults[k]}
     if search:
         require_optuna()
     shorts = [short_name(m) for m in models]
     if len(set(shorts)) != len(shorts):
         raise EdgeclinError(f"two models share a folder name ({', '.join(shorts)}): give them distinct names")
+    # an option given at its default is no setting of its own (the CLI passes --init pretrained)
+    return {k: v for k, v in train_options.items() if v != defaults[k]}
+
+
+@dataclass
+class SweepRun:
+    """One invocation of a sweep: where it writes, its settings, and what each cell did."""
+
+    out: Path
+    data: str | None
+    train_options: dict
+    search: int
+    progress: bool
+    statuses: dict
+    searches: dict
+
+    def say(self, line: str) -> None:
+        if self.progress:
+            log.info(line)
+
+
+def run_sweep(models, methods=DEFAULT_METHODS, *, output: str | Path, data: str | None = None, seeds: int = 1,
+              search: int = 0, progress: bool = True, **train_options) -> SweepResult:
+    """Train every (model, method, seed) cell into ``output``/runs and write the report.
+
+    ``models`` and ``methods`` are lists or comma-separated strings; ``seeds`` runs seeds
+    0 .. seeds-1. ``train_options`` are ``TrainConfig`` fields shared by every cell
+    (``epochs``, ``limit``, ``max_length``, ``init`` ...). ``search`` > 0 first tunes the
+    learning rate (and LoRA's rank and alpha) of each (model, method) with that many Optuna
+    trials on the validation metric, then trains the cells with the best setting.
+    """
+    from edgeclin.training_config import TrainConfig
+
+    models, methods = _split(models), _split(methods)
+    train_options = _check_options(models, methods, seeds, search, train_options)
     if data and Path(data).exists():
         data = str(Path(data).resolve())  # the settings check and the run records compare absolute paths
     TrainConfig(model=models[0], method=methods[0], data=data, **train_options).check()  # fail before any work
-
     out = Path(output)
     settings = {"data": data, "train_options": dict(sorted(train_options.items())), "search": search}
     _check_settings(out, settings)
-    cells = [Cell(m, s, method, seed) for m, s in zip(models, shorts, strict=True) for method in methods
-             for seed in range(seeds)]
-    say = _printer(progress)
-    statuses: dict[str, dict] = {}
-    searches: dict[str, dict] = {}
-    peak_reset = True
-    started = time.time()
+    cells = [Cell(m, short_name(m), method, seed) for m in models for method in methods for seed in range(seeds)]
+    sweep = SweepRun(out, data, train_options, search, progress, {}, {})
+    started, peak_reset = time.time(), True
     try:
         for index, cell in enumerate(cells, 1):
-            overrides: dict = {}
-            if search:
-                key = f"{cell.short}-{cell.method}"
-                if key not in searches:
-                    pending = [c for c in cells if (c.short, c.method) == (cell.short, cell.method)
-                               and not _finished(out, c)]
-                    searches[key] = (_search(out, cell, data, train_options, search, progress, say) if pending
-                                     else _read_search(out, key))
-                found = searches[key]
-                if found.get("best") is None:
-                    statuses[cell.name] = {"status": "failed", "reason": found.get("reason", "search found nothing")}
-                    say(f"cell {index}/{len(cells)}: {cell.short} {cell.method} seed {cell.seed}: failed "
-                        f"({statuses[cell.name]['reason']})")
-                    continue
-                overrides = found["best"]
-                if cell.seed == found.get("seed") and not _finished(out, cell):
-                    _adopt_trial(out, cell, found["best_folder"])
-            what = "" if not overrides else " (" + _describe_params(overrides) + ")"
-            if _finished(out, cell):
-                say(f"cell {index}/{len(cells)}: {cell.short} {cell.method} seed {cell.seed}{what}: done earlier")
-                statuses[cell.name] = {"status": "ok", "how": "done earlier"}
-                continue
-            say(f"cell {index}/{len(cells)}: {cell.short} {cell.method} seed {cell.seed}{what}")
-            peak_reset = _reset_peak_memory() and peak_reset
-            try:
-                how = _train_cell(out, cell, data, {**train_options, **overrides}, progress)
-                statuses[cell.name] = {"status": "ok", "how": how}
-            except Exception as exc:
-                reason = _reason(exc)
-                statuses[cell.name] = {"status": "failed", "reason": reason}
-                if not isinstance(exc, EdgeclinError):  # unexpected: keep the traceback for a bug report
-                    (out / "runs" / f"{cell.name}.error.txt").write_text(traceback.format_exc(), encoding="utf-8")
-                say(f"cell {index}/{len(cells)} failed, the sweep continues: {reason}")
-            finally:
-                _release_memory()
+            peak_reset = _run_cell(sweep, cells, cell, f"cell {index}/{len(cells)}") and peak_reset
     except KeyboardInterrupt:
-        say(f"\nsweep interrupted: finished cells are kept in {out / 'runs'}; run the same command again "
-            "to continue (an interrupted cell resumes from its last finished epoch)")
+        sweep.say(f"\nsweep interrupted: finished cells are kept in {out / 'runs'}; run the same command again "
+                  "to continue (an interrupted cell resumes from its last finished epoch)")
         raise
-
-    summary = collect(out, cells, statuses)
+    summary = collect(out, cells, sweep.statuses)
     summary["config"] = {"models": models, "methods": methods, "seeds": list(range(seeds)), "output": str(out),
                          **settings}
     summary["environment"] = _environment(search > 0)
-    summary["memory_note"] = (
-        "peak_rss_mb: the sweep process's peak resident memory during each cell (its high-water mark is reset "
-        "before each cell)" if peak_reset else
-        "peak_rss_mb: this system could not reset the process's memory high-water mark, so a cell's peak "
-        "includes earlier cells in the same invocation")
-    summary["search"] = searches
+    summary["memory_note"] = MEMORY_NOTES[peak_reset]
+    summary["search"] = sweep.searches
     summary["wall_seconds_this_invocation"] = time.time() - started
     write_report(out, summary)
     return SweepResult(output=out, summary=summary)
 
 
-def _printer(progress: bool):
-    def say(line: str) -> None:
-        if progress:
-            print(line, file=sys.stderr, flush=True)
+MEMORY_NOTES = {
+    True: "peak_rss_mb: the sweep process's peak resident memory during each cell (its high-water mark is reset "
+          "before each cell)",
+    False: "peak_rss_mb: this system could not reset the process's memory high-water mark, so a cell's peak "
+           "includes earlier cells in the same invocation"}
 
-    return say
+
+def _searched_overrides(sweep: SweepRun, cells: list[Cell], cell: Cell) -> dict | None:
+    """The setting the search found for the cell's (model, method), searching first if needed; None: it failed."""
+    key = f"{cell.short}-{cell.method}"
+    if key not in sweep.searches:
+        pending = [c for c in cells if (c.short, c.method) == (cell.short, cell.method) and not _finished(sweep.out, c)]
+        sweep.searches[key] = (_search(sweep.out, cell, sweep.data, sweep.train_options, sweep.search,
+                                       sweep.progress, sweep.say) if pending else _read_search(sweep.out, key))
+    found = sweep.searches[key]
+    if found.get("best") is None:
+        return None
+    if cell.seed == found.get("seed") and not _finished(sweep.out, cell):
+        _adopt_trial(sweep.out, cell, found["best_folder"])
+    return found["best"]
+
+
+def _run_cell(sweep: SweepRun, cells: list[Cell], cell: Cell, position: str) -> bool:
+    """Train (or skip, or resume) one cell; returns whether peak memory could be reset for it."""
+    overrides: dict = {}
+    if sweep.search:
+        overrides = _searched_overrides(sweep, cells, cell)
+        if overrides is None:
+            reason = sweep.searches[f"{cell.short}-{cell.method}"].get("reason", "search found nothing")
+            sweep.statuses[cell.name] = {"status": "failed", "reason": reason}
+            sweep.say(f"{position}: {cell.short} {cell.method} seed {cell.seed}: failed ({reason})")
+            return True
+    what = "" if not overrides else " (" + _describe_params(overrides) + ")"
+    if _finished(sweep.out, cell):
+        sweep.say(f"{position}: {cell.short} {cell.method} seed {cell.seed}{what}: done earlier")
+        sweep.statuses[cell.name] = {"status": "ok", "how": "done earlier"}
+        return True
+    sweep.say(f"{position}: {cell.short} {cell.method} seed {cell.seed}{what}")
+    reset = _reset_peak_memory()
+    try:
+        how = _train_cell(sweep.out, cell, sweep.data, {**sweep.train_options, **overrides}, sweep.progress)
+        sweep.statuses[cell.name] = {"status": "ok", "how": how}
+    except Exception as exc:
+        reason = _reason(exc)
+        sweep.statuses[cell.name] = {"status": "failed", "reason": reason}
+        if not isinstance(exc, EdgeclinError):  # unexpected: keep the traceback for a bug report
+            (sweep.out / "runs" / f"{cell.name}.error.txt").write_text(traceback.format_exc(), encoding="utf-8")
+        sweep.say(f"{position} failed, the sweep continues: {reason}")
+    finally:
+        _release_memory()
+    return reset
 
 
 def _reason(exc: BaseException) -> str:
@@ -205,7 +231,7 @@ def _check_settings(out: Path, settings: dict) -> None:
     """A sweep folder holds one set of settings: cells trained otherwise would not be comparable."""
     path = out / SETTINGS
     if path.is_file():
-        previous = runs.read_json(path)
+        previous = read_json(path)
         if previous != json.loads(json.dumps(settings)):
             changed = sorted(k for k in set(previous) | set(settings) if previous.get(k) != settings.get(k))
             old, new = previous.get("train_options", {}), settings["train_options"]
@@ -215,41 +241,33 @@ def _check_settings(out: Path, settings: dict) -> None:
                                 "add models, methods or seeds freely, but for other settings use another -o")
     else:
         (out / "runs").mkdir(parents=True, exist_ok=True)
-        runs.write_json(path, settings)
+        write_json(path, settings)
 
 
 def _finished(out: Path, cell: Cell) -> bool:
-    return (out / "runs" / cell.name / runs.METRICS).is_file()
+    return (out / "runs" / cell.name / METRICS).is_file()
 
 
 def _cell_config(out: Path, cell: Cell, data, options: dict, progress: bool):
-    from edgeclin.training import TrainConfig
+    from edgeclin.training_config import TrainConfig
 
+    # a collapsed cell is a result of the grid (marked in the table), not a reason to stop it
     return TrainConfig(model=cell.model, method=cell.method, seed=cell.seed, data=data,
-                       output=str(out / "runs" / cell.name), overwrite=True, progress=progress, **options)
+                       output=str(out / "runs" / cell.name), overwrite=True, progress=progress,
+                       **{"allow_degenerate": True, **options})
 
 
 def _train_cell(out: Path, cell: Cell, data, options: dict, progress: bool) -> str:
     """Train one cell: resume its interrupted run when the settings match, else start afresh."""
-    from edgeclin.training import train
+    from edgeclin import training
 
     config = _cell_config(out, cell, data, options, progress)
     folder = Path(config.output)
-    if _resumable(runs.partial_dir(folder), config):
-        train(resume=folder)
+    if training.can_resume(folder, config):
+        training.train(resume=folder, progress=progress)
         return "resumed"
-    train(config)  # overwrite=True: clears a partial run that cannot be resumed
+    training.train(config)  # overwrite=True: clears a partial run that cannot be resumed
     return "trained"
-
-
-def _resumable(work: Path, config) -> bool:
-    from edgeclin import training
-
-    if not work.is_dir() or training._snapshot(work) is None:
-        return False
-    stored = runs.read_json(work / training.SNAPSHOT / "state.json").get("config", {})
-    ignored = ("output", "overwrite", "progress")
-    return all(stored.get(k) == v for k, v in asdict(config).items() if k not in ignored)
 
 
 def _reset_peak_memory() -> bool:
@@ -308,7 +326,8 @@ def _search(out: Path, first: Cell, data, options: dict, trials: int, progress: 
     from optuna.distributions import CategoricalDistribution, FloatDistribution
     from optuna.trial import TrialState, create_trial
 
-    from edgeclin.training import TrainConfig, train
+    from edgeclin.training import train
+    from edgeclin.training_config import TrainConfig
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     key = f"{first.short}-{first.method}"
@@ -323,10 +342,10 @@ def _search(out: Path, first: Cell, data, options: dict, trials: int, progress: 
     records: dict[int, dict] = {}
     for k in range(trials):
         trial_dir = folder / f"trial{k}"
-        if (trial_dir / runs.METRICS).is_file():
-            config = runs.read_json(trial_dir / runs.RUN_RECORD)["config"]
+        if (trial_dir / METRICS).is_file():
+            config = read_json(trial_dir / RUN_RECORD)["config"]
             params = {name: config[name] for name in distributions}
-            records[k] = {"trial": k, "params": params, "value": _valid_score(runs.read_json(trial_dir / runs.METRICS)),
+            records[k] = {"trial": k, "params": params, "value": _valid_score(read_json(trial_dir / METRICS)),
                           "status": "ok", "folder": str(trial_dir)}
     # a sampler seeded by how much history it replays: a resumed search does not re-propose trial 0
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=len(records)))
@@ -341,9 +360,9 @@ def _search(out: Path, first: Cell, data, options: dict, trials: int, progress: 
         say(f"search {key} trial {k + 1}/{trials}: {_describe_params(params)}")
         _reset_peak_memory()
         try:
-            result = train(TrainConfig(**{**options, **params}, model=first.model, method=first.method,
-                                       seed=first.seed, data=data, output=str(trial_dir), overwrite=True,
-                                       progress=progress))
+            result = train(TrainConfig(**{"allow_degenerate": True, **options, **params}, model=first.model,
+                                       method=first.method, seed=first.seed, data=data, output=str(trial_dir),
+                                       overwrite=True, progress=progress))
             value = _valid_score(result.metrics)
             study.tell(trial, value)
             records[k] = {"trial": k, "params": params, "value": value, "status": "ok", "folder": str(trial_dir)}
@@ -365,29 +384,28 @@ def _search(out: Path, first: Cell, data, options: dict, trials: int, progress: 
     else:
         found.update(best=None, reason="every search trial failed: " + "; ".join(
             sorted({r.get("reason", "") for r in records.values()})))
-    runs.write_json(folder / "search.json", found)
+    write_json(folder / "search.json", found)
     return found
 
 
 def _read_search(out: Path, key: str) -> dict:
     path = out / "search" / key / "search.json"
-    return runs.read_json(path) if path.is_file() else {"best": {}, "note": "cells were finished before"}
+    return read_json(path) if path.is_file() else {"best": {}, "note": "cells were finished before"}
 
 
 def _adopt_trial(out: Path, cell: Cell, trial_folder: str) -> None:
     """The best trial was trained exactly as this cell would be: copy it instead of training again."""
+    from edgeclin.files import OutputFolder
+
     target = out / "runs" / cell.name
-    tmp = target.with_name(target.name + ".adopt")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(trial_folder, tmp)
-    record = runs.read_json(tmp / runs.RUN_RECORD)
-    record["config"]["output"] = str(target)
-    record["search_trial"] = trial_folder
-    runs.write_json(tmp / runs.RUN_RECORD, record)
-    shutil.rmtree(runs.partial_dir(target), ignore_errors=True)
-    if target.exists():
-        shutil.rmtree(target)
-    os.replace(tmp, target)
+    with OutputFolder(target, overwrite=True) as folder:
+        shutil.copytree(trial_folder, folder.staging, dirs_exist_ok=True)
+        record = read_json(folder.staging / RUN_RECORD)
+        record["config"]["output"] = str(target)
+        record["search_trial"] = trial_folder
+        write_json(folder.staging / RUN_RECORD, record)
+        shutil.rmtree(partial_dir(target), ignore_errors=True)  # this sweep's own interrupted cell
+        folder.publish()
 
 
 # --- the report -------------------------------------------------------------------------------
@@ -401,14 +419,14 @@ def _cell_row(out: Path, cell: Cell, status: dict | None) -> dict:
     row = {"cell": cell.name, "model": cell.short, "model_spec": cell.model, "method": cell.method,
            "seed": cell.seed}
     folder = out / "runs" / cell.name
-    if not (folder / runs.METRICS).is_file():
+    if not (folder / METRICS).is_file():
         if status is None:
             row.update(status="not run", reason="not reached in this invocation")
         else:
             row.update(status="failed", reason=status.get("reason", ""))
         return row
-    metrics = runs.read_json(folder / runs.METRICS)
-    record = runs.read_json(folder / runs.RUN_RECORD) if (folder / runs.RUN_RECORD).is_file() else {}
+    metrics = read_json(folder / METRICS)
+    record = read_json(folder / RUN_RECORD) if (folder / RUN_RECORD).is_file() else {}
     config = record.get("config", {})
     metric = metrics.get("selection_metric", "macro_f1")
     test_value = metrics.get("test", {}).get(metric)
@@ -491,11 +509,14 @@ def _environment(with_optuna: bool) -> dict:
     from importlib import metadata
 
     from edgeclin.hardware import environment
+    from edgeclin.provenance import library_versions
 
-    versions = runs.library_versions()
+    versions = library_versions()
     if with_optuna:
         versions["optuna"] = metadata.version("optuna")
-    return {**environment(), "versions": versions, "git_commit": runs.git_commit()}
+    from edgeclin.provenance import git_commit
+
+    return {**environment(), "versions": versions, "git_commit": git_commit()}
 
 
 CSV_COLUMNS = ("task", "metric", "model", "model_params", "method", "init", "lr", "lora_r", "lora_alpha",
@@ -505,14 +526,13 @@ CSV_COLUMNS = ("task", "metric", "model", "model_params", "method", "init", "lr"
 
 
 def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
 
 
 def write_report(out: Path, summary: dict) -> None:
     """sweep.json, sweep.csv, sweep.md and per task two PNG plots, each file replaced atomically."""
-    runs.write_json(out / "sweep.json", summary)
+    write_json(out / "sweep.json", summary)
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(CSV_COLUMNS)
@@ -626,7 +646,6 @@ def plot(summary: dict, task: str, out: Path, prefix: str = "") -> None:
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7)
         fig.tight_layout()
-        tmp = out / f"{prefix}{filename}.tmp"
-        fig.savefig(tmp, dpi=120, format="png")
+        with atomic_file(out / f"{prefix}{filename}") as tmp:
+            fig.savefig(tmp, dpi=120, format="png")
         plt.close(fig)
-        os.replace(tmp, out / f"{prefix}{filename}")

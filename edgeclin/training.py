@@ -1,14 +1,18 @@
 """``edgeclin train``: fine-tune an encoder (LoRA, full or another PEFT method).
 
-Tasks (``edgeclin.tasks``): single- and multi-label classification of texts or text pairs,
-and token classification (NER); the data decides which.
+The task (``edgeclin.tasks``) comes from the data: single- and multi-label classification of
+texts or text pairs, and token classification (NER). The loop is plain PyTorch driven by
+``accelerate``, so the same code runs on a CPU, one GPU, or several GPUs under
+``accelerate launch`` (data parallel) without changes.
 
-The loop is plain PyTorch driven by ``accelerate``, so the same code runs on a CPU, one
-GPU, or several GPUs under ``accelerate launch`` (data parallel) without changes.
+A run is built in ``<output>.partial/`` and renamed to ``<output>`` only when complete; after
+each finished epoch the partial folder holds a snapshot (``artifacts.PartialRun``) that
+``--resume`` continues from, reaching the same result as an uninterrupted run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shutil
@@ -19,81 +23,38 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeclin import runs
-from edgeclin.data import DEMO_DATA, Columns, load_dataset
-from edgeclin.encoding import TRUNCATION_STRATEGIES, EncodedSplit, encode_examples, pad_batch
+from edgeclin.artifacts import (
+    METRICS,
+    LabelsFile,
+    PartialRun,
+    Resolved,
+    RunRecord,
+    partial_dir,
+)
+from edgeclin.data import DEMO_DATA, describe, load_dataset
+from edgeclin.encoding import EncodedSplit, length_sorted_batches
 from edgeclin.errors import EdgeclinError
+from edgeclin.files import OutputFolder, OutputLock, check_output_free, read_json, replace_folder, safe_name, write_json
 from edgeclin.hardware import environment, peak_rss_mb, resolve_device, resolve_precision
 from edgeclin.methods import get_method
-from edgeclin.metrics import task_metrics, tune_threshold
-from edgeclin.models import DEFAULT_MODEL, load_classifier, load_tokenizer, resolve_model
-from edgeclin.tasks import DISPLAY_COLUMNS, MULTI_LABEL, SELECTION_METRIC, TOKEN, headline, word_tags
+from edgeclin.models import load_classifier_with_info, load_tokenizer, max_positions, resolve_model
+from edgeclin.provenance import git_commit, library_versions
+from edgeclin.tasks import get_task
+from edgeclin.training_config import TrainConfig
 
 
-@dataclass
-class TrainConfig:
-    """Every option of a training run; saved in the run record."""
+def _log():
+    """accelerate's logger of this module: each message once, from the main process (its state exists by the
+    time anything is said)."""
+    from accelerate.logging import get_logger
 
-    model: str = DEFAULT_MODEL
-    init: str = "pretrained"  # or "random": the architecture only, for latency work (models.py)
-    data: str | None = None  # folder, or None/"demo" for the built-in synthetic notes
-    train_file: str | None = None
-    valid_file: str | None = None
-    test_file: str | None = None
-    text_col: str = "text"
-    label_col: str = "label"
-    text_pair_col: str | None = None
-    multi_label: bool = False  # the label column holds several labels
-    label_sep: str = ";"  # between the labels of a multi-label CSV cell
-    skip_bad_rows: bool = False
-    limit: int | None = None
-    method: str = "lora"
-    lora_r: int = 8
-    lora_alpha: int = 16
-    lora_dropout: float = 0.1
-    target_modules: str = "attention"
-    num_virtual_tokens: int = 10  # prefix, prompt and P-tuning
-    epochs: int = 4
-    max_steps: int | None = None
-    lr: float | None = None  # None: the method's default
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.1
-    schedule: str = "linear"
-    batch_size: int = 16
-    grad_accum: int = 1
-    max_length: int = 256
-    truncation: str = "head"
-    seed: int = 42
-    device: str = "auto"
-    precision: str = "auto"
-    early_stopping_patience: int | None = None
-    output: str | None = None
-    overwrite: bool = False
-    progress: bool = True
+    return get_logger(__name__)
 
-    def check(self) -> None:
-        get_method(self.method)
-        if self.truncation not in TRUNCATION_STRATEGIES:
-            raise EdgeclinError(f"--truncation must be one of {', '.join(TRUNCATION_STRATEGIES)}")
-        for name in ("epochs", "batch_size", "grad_accum", "lora_r"):
-            if getattr(self, name) < 1:
-                raise EdgeclinError(f"--{name.replace('_', '-')} must be at least 1")
-        if self.max_length < 8:
-            raise EdgeclinError("--max-length must be at least 8")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise EdgeclinError("--max-steps must be at least 1")
-        if self.limit is not None and self.limit < 1:
-            raise EdgeclinError("--limit must be at least 1")
-        if self.early_stopping_patience is not None and self.early_stopping_patience < 1:
-            raise EdgeclinError("--early-stopping-patience must be at least 1")
-        if self.lr is not None and self.lr < 0:
-            raise EdgeclinError("--lr must not be negative")
-        if not 0 <= self.warmup_ratio <= 1:
-            raise EdgeclinError("--warmup-ratio must be between 0 and 1")
-        if not 0 <= self.lora_dropout < 1:
-            raise EdgeclinError("--lora-dropout must be in [0, 1)")
-        if self.num_virtual_tokens < 1:
-            raise EdgeclinError("--num-virtual-tokens must be at least 1")
+
+class DegenerateRun(EdgeclinError):
+    """The run finished, but its best epoch predicts one answer for everything."""
+
+    exit_code = 3
 
 
 @dataclass
@@ -102,6 +63,136 @@ class TrainResult:
     metrics: dict = field(default_factory=dict)
     # rows in the test file's order: class probabilities; for NER the predicted tags per row
     test_probabilities: np.ndarray | list | None = None
+
+
+@dataclass
+class LoopState:
+    """What the loop carries from epoch to epoch; saved in state.json so that --resume continues exactly."""
+
+    epoch: int = 0
+    step: int = 0
+    history: list = field(default_factory=list)
+    best_epoch: int = 0
+    best_score: float = -1.0
+    best_degenerate: bool = True  # until an epoch that is not
+    bad_epochs: int = 0
+    train_seconds: float = 0.0
+    samples_seen: int = 0
+    stopped_early: bool = False
+    best_threshold: float | None = None  # multi-label: tuned on validation at the best epoch
+    initial_loss: float | None = None  # mean loss of the first steps: a loss back above it means divergence
+    scheduler: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> LoopState:
+        known = {k: v for k, v in values.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+
+@dataclass
+class Setup:
+    """Everything a run needs, prepared (and checked) before any folder is written."""
+
+    config: TrainConfig
+    dataset: object
+    encoded: dict[str, EncodedSplit]
+    tokenizer: object
+    model: object
+    resolved: Resolved
+    trainable: int
+    total: int
+
+    task = property(lambda self: get_task(self.dataset.task))
+    pad_id = property(lambda self: self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0)
+    token_types = property(lambda self: "token_type_ids" in self.tokenizer.model_input_names)  # DistilBERT: none
+
+
+def default_run_dir(model: str, method: str, root: Path = Path("runs")) -> Path:
+    return root / f"{safe_name(model)}-{method}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def train(config: TrainConfig | None = None, *, resume: str | Path | None = None, progress: bool | None = None,
+          **options) -> TrainResult:
+    """Fine-tune a classifier and write a run folder; returns its path and metrics.
+
+    Either pass a ``TrainConfig`` or its fields as keywords: ``train(data="...", method="full")``.
+    ``resume`` continues an interrupted run from its last finished epoch, with its own options
+    (``progress`` may be changed).
+    """
+    if resume is not None:
+        return _resume(Path(resume), progress)
+    config = config or TrainConfig(**options)
+    config.check()
+    # absolute data paths in the run record: merge and export find the data from anywhere
+    for name in ("data", "train_file", "valid_file", "test_file"):
+        value = getattr(config, name)
+        if value and value != DEMO_DATA and Path(value).exists():
+            setattr(config, name, str(Path(value).resolve()))
+    if not config.output and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # each process would pick its own time-stamped default folder
+        raise EdgeclinError("with several processes (accelerate launch), give the run folder with -o/--output")
+    output = Path(config.output) if config.output else default_run_dir(config.model, config.method)
+    config.output = str(output)
+    check_output_free(output, config.overwrite)
+    OutputLock(output).check_free()  # a run to the same folder in progress: say so, not "interrupted"
+    work = partial_dir(output)
+    if work.exists() and not config.overwrite:
+        raise EdgeclinError(f"{work} holds an interrupted run: continue it with --resume {output}, "
+                            "or start afresh with --overwrite")
+    return _run(config, output, state=None)
+
+
+def can_resume(output: Path, config: TrainConfig) -> bool:
+    """Does ``output`` have an interrupted run with these options (all but where and how it reports)?"""
+    stored = PartialRun(output).stored_config() if partial_dir(output).is_dir() else None
+    ignored = ("output", "overwrite", "progress")
+    return stored is not None and all(getattr(stored, k) == v for k, v in asdict(config).items() if k not in ignored)
+
+
+def _resume(path: Path, progress: bool | None) -> TrainResult:
+    partial = PartialRun.of(path.resolve())
+    snapshot = partial.finished_epoch() if partial.path.exists() else None
+    if snapshot is None:
+        if (partial.output / METRICS).exists():
+            raise EdgeclinError(f"{partial.output} is a finished run; nothing to resume")
+        if partial.path.exists():
+            raise EdgeclinError(f"nothing to resume: {partial.path} has no finished epoch (it was stopped during "
+                                f"the first); start again with --overwrite -o {partial.output}")
+        raise EdgeclinError(f"nothing to resume: {partial.path} has no finished epoch")
+    state = partial.state()
+    config = TrainConfig.from_dict(state["config"])
+    if progress is not None:
+        config.progress = progress
+    return _run(config, partial.output, state=LoopState.from_dict(state))
+
+
+def _load_data(config: TrainConfig):
+    return load_dataset(config.data, train=config.train_file, valid=config.valid_file, test=config.test_file,
+                        columns=config.columns, skip_bad_rows=config.skip_bad_rows, limit=config.limit,
+                        seed=config.seed, multi_label=config.multi_label)
+
+
+def _prepare(config: TrainConfig) -> Setup:
+    """Data, tokenizer and model: everything that can fail on the user's input fails here, before any write."""
+    method = get_method(config.method)
+    device = resolve_device(config.device)
+    dataset = _load_data(config)
+    task = get_task(dataset.task)
+    model_ref = resolve_model(config.model, init=config.init)
+    _set_seed(config.seed)
+    tokenizer = load_tokenizer(model_ref.path)
+    encoded = {name: task.encode(tokenizer, split.examples, dataset.label2id, config.input_format)
+               for name, split in dataset.splits.items()}
+    loaded = load_classifier_with_info(model_ref.path, dataset.labels, task=task.name)
+    _check_max_length(loaded.model.config.to_dict(), config.max_length)
+    model = method.prepare(loaded.model, config, task=task, new_weights=loaded.new_weights)
+    trainable, total = _count_parameters(model)
+    resolved = Resolved(model_path=model_ref.path, model_source=model_ref.source, init=model_ref.init,
+                        lr=config.lr if config.lr is not None else method.default_lr, device=device,
+                        precision=resolve_precision(config.precision, device), labels=dataset.labels, task=task.name,
+                        base_model=model_ref.path if method.saves_adapter else None,
+                        max_grad_norm=config.max_grad_norm or None)
+    return Setup(config, dataset, encoded, tokenizer, model, resolved, trainable, total)
 
 
 def _set_seed(seed: int) -> None:
@@ -117,47 +208,146 @@ def _count_parameters(model) -> tuple[int, int]:
     return sum(p.numel() for p in model.parameters() if p.requires_grad), total
 
 
-def _batches(split: EncodedSplit, batch_size: int, shuffle_seed: int | None) -> list[list[int]]:
-    order = np.arange(len(split))
-    if shuffle_seed is not None:
-        order = np.random.default_rng(shuffle_seed).permutation(len(split))
-    else:  # evaluation: length-sorted batches waste less on padding
-        order = np.argsort(split.lengths, kind="stable")
-    return [order[i:i + batch_size].tolist() for i in range(0, len(order), batch_size)]
+def _check_max_length(model_config: dict, max_length: int) -> None:
+    positions = max_positions(model_config)
+    if positions is not None and max_length > positions:
+        raise EdgeclinError(f"--max-length {max_length} is longer than the model takes ({positions} tokens)")
 
 
-def _loader(split: EncodedSplit, batch_size: int, pad_id: int, shuffle_seed: int | None, token_types: bool = True):
+def _report_data(setup: Setup) -> None:
+    """Say what was dropped and what was cut, before training starts: warnings, shown even when quiet."""
+    for split in setup.dataset.splits.values():
+        if split.skipped_rows:
+            _log().warning(f"{split.source}: skipped {split.skipped_rows} bad rows (--skip-bad-rows)")
+    cut = {name: enc.truncated for name, enc in setup.encoded.items() if enc.truncated}
+    if cut:
+        counts = ", ".join(f"{name} {n} of {len(setup.encoded[name])}" for name, n in cut.items())
+        config = setup.config
+        _log().warning(f"inputs longer than {config.max_length} tokens, cut ({config.truncation}): {counts}")
+
+
+class Precision:
+    """Mixed precision by torch's own autocast (and a gradient scaler for fp16).
+
+    Not through accelerate's ``mixed_precision``: accelerate keeps it in a process-wide state
+    that cannot change, and ``train()`` is called again in one process with other settings
+    (sweeps, tests).
+    """
+
+    def __init__(self, precision: str, device: str) -> None:
+        import torch
+
+        self.device = device
+        self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+        self.scaler = torch.amp.GradScaler(device) if precision == "fp16" else None
+
+    def autocast(self):
+        import torch
+
+        return torch.autocast(device_type=self.device, dtype=self.dtype) if self.dtype else contextlib.nullcontext()
+
+    def backward(self, accelerator, loss) -> None:
+        accelerator.backward(self.scaler.scale(loss) if self.scaler else loss)
+
+    def step(self, accelerator, model, optimizer, max_norm: float | None) -> float | None:
+        """Clip (at an optimizer step) and step; returns the gradient norm before clipping."""
+        if not accelerator.sync_gradients:  # accumulating: accelerate's optimizer skips the step
+            optimizer.step()
+            return None
+        if self.scaler:
+            self.scaler.unscale_(optimizer.optimizer)
+        norm = accelerator.clip_grad_norm_(model.parameters(), max_norm or math.inf)
+        if self.scaler:
+            self.scaler.step(optimizer.optimizer)
+            self.scaler.update()
+        else:
+            optimizer.step()
+        return float(norm)
+
+
+@dataclass
+class Trainer:
+    """The prepared model, optimizer and schedule of one run, under accelerate."""
+
+    setup: Setup
+    accelerator: object
+    model: object
+    optimizer: object
+    scheduler: object
+    precision: Precision
+    steps_per_epoch: int
+    total_steps: int
+    epochs: int
+
+    @property
+    def progress(self) -> bool:
+        return self.setup.config.progress and self.accelerator.is_main_process
+
+    @property
+    def unwrapped(self):
+        return self.accelerator.unwrap_model(self.model)
+
+
+def _trainer(setup: Setup) -> Trainer:
+    import torch
+    from accelerate import Accelerator
+    from transformers import get_scheduler
+
+    config = setup.config
+    accelerator = Accelerator(cpu=setup.resolved.device == "cpu", gradient_accumulation_steps=config.grad_accum)
+    optimizer = torch.optim.AdamW([p for p in setup.model.parameters() if p.requires_grad], lr=setup.resolved.lr,
+                                  weight_decay=config.weight_decay)
+    batches_per_epoch = math.ceil(len(setup.encoded["train"]) / config.batch_size)
+    steps_per_epoch = math.ceil(batches_per_epoch / accelerator.num_processes / config.grad_accum)
+    total_steps = config.epochs * steps_per_epoch
+    if config.max_steps is not None:
+        total_steps = min(total_steps, config.max_steps)
+    scale = accelerator.num_processes  # accelerate steps a prepared scheduler once per process per optimizer step
+    scheduler = get_scheduler(config.schedule, optimizer, num_warmup_steps=int(config.warmup_ratio * total_steps) *
+                              scale, num_training_steps=total_steps * scale)
+    model, optimizer, scheduler = accelerator.prepare(setup.model, optimizer, scheduler)
+    setup.resolved.steps_per_epoch, setup.resolved.total_steps = steps_per_epoch, total_steps
+    return Trainer(setup, accelerator, model, optimizer, scheduler, Precision(setup.resolved.precision,
+                   setup.resolved.device), steps_per_epoch, total_steps, math.ceil(total_steps / steps_per_epoch))
+
+
+def _loader(setup: Setup, name: str, batch_size: int, shuffle_seed: int | None):
+    """Shuffled batches (training) or length-sorted ones (evaluation: less padding), as a batch sampler,
+    which accelerate knows how to shard across processes."""
     import torch
     from torch.utils.data import DataLoader
 
-    batches = _batches(split, batch_size, shuffle_seed)
+    split = setup.encoded[name]
+    if shuffle_seed is None:
+        batches = length_sorted_batches(split.lengths, batch_size)
+    else:
+        order = np.random.default_rng(shuffle_seed).permutation(len(split)).tolist()
+        batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
     def collate(indices: list[int]) -> dict:
-        batch = pad_batch(split, indices, pad_id, token_types)
+        batch = setup.task.batch(split, indices, setup.pad_id, setup.token_types)
         batch["example_index"] = torch.tensor(indices)  # evaluation restores the file's order
         return batch
 
-    # batches are formed here (shuffled, or length-sorted for evaluation) and handed over as a
-    # batch sampler, which accelerate knows how to shard across processes
     return DataLoader(range(len(split)), batch_sampler=batches, collate_fn=collate)
 
 
-def predict_scores(model, loader, accelerator, task: str, lengths: list[int], progress: bool, desc: str) -> list:
-    """Probabilities of every row of a split, in the split's own row order.
-
-    Classification: one (classes,) array per row; NER: one (pieces, tags) array per row.
-    """
+def predict_scores(trainer: Trainer, name: str, desc: str) -> list[np.ndarray]:
+    """Probabilities of every row of a split, in the split's own row order (NER: one (pieces, tags) per row)."""
     import torch
     from tqdm.auto import tqdm
 
-    model.eval()
+    setup, accelerator = trainer.setup, trainer.accelerator
+    loader = accelerator.prepare(_loader(setup, name, setup.config.batch_size * 2, None))
+    lengths = setup.encoded[name].lengths
+    trainer.model.eval()
     scores: dict[int, np.ndarray] = {}
     with torch.no_grad():
-        for batch in tqdm(loader, desc=desc, leave=False, disable=not progress, file=sys.stderr):
+        for batch in tqdm(loader, desc=desc, leave=False, disable=not trainer.progress, file=sys.stderr):
             batch.pop("labels")
             indices = batch.pop("example_index")
-            with accelerator.autocast():
-                logits = model(**batch).logits.float()
-            probs = torch.sigmoid(logits) if task == MULTI_LABEL else torch.softmax(logits, dim=-1)
+            with trainer.precision.autocast():
+                probs = setup.task.torch_scores(trainer.model(**batch).logits.float())
             if probs.dim() == 3:  # NER: processes' batches differ in width too
                 probs = accelerator.pad_across_processes(probs, dim=1, pad_index=0)
             # processes may hold batches of different sizes: pad, gather, then drop the padding
@@ -170,29 +360,106 @@ def predict_scores(model, loader, accelerator, task: str, lengths: list[int], pr
     return [scores[i] for i in range(len(scores))]
 
 
-def split_metrics(task: str, examples: list, encoded: EncodedSplit, scores: list, labels: list[str],
-                  threshold: float | None = None, tune: bool = False) -> tuple[dict, object]:
-    """Metrics of a split's scores, and the predictions they were computed from.
+def _train_epoch(trainer: Trainer, state: LoopState, epoch: int) -> dict:
+    """One pass over the training split (or until the last step); returns the epoch's loss and gradient record."""
+    import torch
+    from tqdm.auto import tqdm
 
-    Multi-label: ``tune`` (validation only) picks the threshold on these scores; otherwise the
-    given ``threshold`` (tuned on validation) is required, so test never tunes its own.
-    """
-    if task == TOKEN:
-        predictions = [word_tags(s, w, len(e.tokens), labels)
-                       for s, w, e in zip(scores, encoded.word_ids, examples, strict=True)]
-        return task_metrics(task, examples, predictions, labels), predictions
-    probabilities = np.stack(scores)
-    if task == MULTI_LABEL and tune:
-        threshold = tune_threshold(np.array(encoded.labels) > 0.5, probabilities)
-    elif task == MULTI_LABEL and threshold is None:
-        raise ValueError("multi-label test metrics need the threshold tuned on validation")
-    return task_metrics(task, examples, probabilities, labels, threshold), probabilities
+    setup, accelerator, config = trainer.setup, trainer.accelerator, trainer.setup.config
+    trainer.model.train()
+    torch.manual_seed(config.seed + epoch)  # the epoch's own seed: a resumed run sees the same batches and dropout
+    loader = accelerator.prepare(_loader(setup, "train", config.batch_size, config.seed + epoch))
+    start, losses, norms = time.perf_counter(), [], []
+    bar = tqdm(total=min(trainer.steps_per_epoch, trainer.total_steps - state.step),
+               desc=f"epoch {epoch + 1}/{trainer.epochs}", disable=not trainer.progress, file=sys.stderr)
+    for batch in loader:
+        batch.pop("example_index")
+        with accelerator.accumulate(trainer.model):
+            with trainer.precision.autocast():
+                loss = trainer.model(**batch).loss
+            trainer.precision.backward(accelerator, loss)
+            norm = trainer.precision.step(accelerator, trainer.model, trainer.optimizer, config.max_grad_norm)
+            trainer.scheduler.step()
+            trainer.optimizer.zero_grad()
+        losses.append(loss.detach().float().item())
+        state.samples_seen += batch["input_ids"].shape[0] * accelerator.num_processes
+        if norm is not None:
+            norms.append(norm)
+        if accelerator.sync_gradients:
+            state.step += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+            if state.step >= trainer.total_steps:
+                break
+    bar.close()
+    state.train_seconds += time.perf_counter() - start
+    if state.initial_loss is None:
+        state.initial_loss = float(np.mean(losses[:10]))
+    return {"train_loss": float(np.mean(losses)), "final_loss": float(np.mean(losses[-20:])),
+            "epoch_seconds": time.perf_counter() - start, "grad_norm": _norm_record(norms, config.max_grad_norm)}
 
 
-def _save_model_folder(folder: Path, model, tokenizer, labels: list[str], label_info: dict | None = None) -> None:
+def _norm_record(norms: list[float], max_norm: float | None) -> dict:
+    if not norms:
+        return {}
+    return {"mean": float(np.mean(norms)), "max": float(np.max(norms)), "steps": len(norms),
+            "clipped_steps": int(sum(n > max_norm for n in norms)) if max_norm else 0}
+
+
+def _degenerate(trainer: Trainer, state: LoopState, losses: dict, metrics: dict, predictions) -> str | None:
+    """Why this epoch's model looks collapsed: one answer for everything, or a loss back above its start."""
+    setup = trainer.setup
+    reason = setup.task.degenerate(metrics, predictions, setup.dataset.labels)
+    if reason is None and state.initial_loss is not None and losses["final_loss"] > state.initial_loss:
+        reason = (f"training loss rose back to {losses['final_loss']:.3f}, above its start "
+                  f"({state.initial_loss:.3f}): diverging")
+    return reason
+
+
+def is_better(state: LoopState, score: float, degenerate: str | None) -> bool:
+    """Is an epoch with this validation score better than the best so far? A model that is not
+    degenerate beats any that is (a majority-class model can score higher on skewed data)."""
+    if state.best_epoch == 0:
+        return True
+    if bool(degenerate) != state.best_degenerate:
+        return not degenerate
+    return score > state.best_score
+
+
+def _validate(trainer: Trainer, state: LoopState, epoch: int, losses: dict) -> bool:
+    """Score the epoch on validation, record it, and decide whether it is the best so far."""
+    setup = trainer.setup
+    scores = predict_scores(trainer, "valid", "validating")
+    metrics, predictions = setup.task.evaluate(setup.dataset.splits["valid"].examples, setup.encoded["valid"],
+                                               scores, setup.dataset.labels, tune=True)
+    degenerate = _degenerate(trainer, state, losses, metrics, predictions)
+    state.history.append({"epoch": epoch + 1, "step": state.step, **losses, "valid": metrics,
+                          "degenerate": degenerate})
+    score = metrics[setup.task.selection_metric]
+    improved = is_better(state, score, degenerate)
+    if improved:
+        state.best_epoch, state.best_score, state.bad_epochs = epoch + 1, score, 0
+        state.best_threshold, state.best_degenerate = metrics.get("threshold"), bool(degenerate)
+    else:
+        state.bad_epochs += 1
+    patience = setup.config.early_stopping_patience
+    state.stopped_early = patience is not None and state.bad_epochs >= patience
+    _say_epoch(trainer, epoch, losses, metrics, degenerate, improved)
+    return improved
+
+
+def _say_epoch(trainer: Trainer, epoch: int, losses: dict, metrics: dict, degenerate, improved: bool) -> None:
+    if trainer.setup.config.progress:
+        _log().info(f"epoch {epoch + 1}: train loss {losses['train_loss']:.4f}, "
+                 f"valid {trainer.setup.task.headline(metrics)}" + (" (best)" if improved else ""))
+    if degenerate:
+        _log().warning(f"warning: epoch {epoch + 1} looks collapsed: {degenerate} (a lower --lr usually helps)")
+
+
+def _save_model_folder(folder: Path, model, tokenizer, labels: LabelsFile) -> None:
     model.save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
-    runs.write_json(folder / runs.LABELS, {"labels": labels, **(label_info or {})})
+    labels.write(folder)
 
 
 def _load_trainable_state(model, folder: Path) -> None:
@@ -217,46 +484,41 @@ def _save_optimizer(path: Path, optimizer) -> None:
     tensors = {f"{pid}.{key}": value.contiguous() for pid, entry in state["state"].items()
                for key, value in entry.items()}
     save_file(tensors, str(path / "optimizer.safetensors"))
-    runs.write_json(path / "optimizer.json", {"param_groups": state["param_groups"]})
+    write_json(path / "optimizer.json", {"param_groups": state["param_groups"]})
 
 
 def _load_optimizer(path: Path, optimizer) -> None:
     from safetensors.torch import load_file
 
-    tensors = load_file(str(path / "optimizer.safetensors"))
     state: dict[int, dict] = {}
-    for name, value in tensors.items():
+    for name, value in load_file(str(path / "optimizer.safetensors")).items():
         pid, key = name.split(".", 1)
         state.setdefault(int(pid), {})[key] = value
-    groups = runs.read_json(path / "optimizer.json")["param_groups"]
-    optimizer.load_state_dict({"state": state, "param_groups": groups})
+    optimizer.load_state_dict({"state": state, "param_groups": read_json(path / "optimizer.json")["param_groups"]})
 
 
-SNAPSHOT = "epoch"  # inside <output>.partial/: last/, best/, optimizer and loop state of one epoch
-
-
-def _save_epoch(work: Path, model, tokenizer, labels: list[str], improved: bool, optimizer, loop_state: dict,
-                label_info: dict) -> None:
+def _save_epoch(trainer: Trainer, partial: PartialRun, state: LoopState, improved: bool) -> None:
     """After an epoch, one snapshot swapped in whole: ``last/`` (loadable as is), ``best/``, loop state.
 
     Everything of an epoch changes together, so an interruption at any moment leaves either
     the previous epoch's snapshot or this one's, never a mix.
     """
-    previous = work / SNAPSHOT
+    setup = trainer.setup
+    threshold = state.history[-1]["valid"].get("threshold")
+    labels = LabelsFile(setup.dataset.labels, setup.task.name, threshold)
+    state.scheduler = trainer.scheduler.state_dict()  # plain numbers for transformers' schedules
 
-    def save(folder: Path) -> None:
-        _save_model_folder(folder / "last", model, tokenizer, labels, label_info)
-        if improved:
-            _link_tree(folder / "last", folder / "best")
-        else:  # unchanged best: hard links to the previous snapshot's files, no copy
-            _link_tree(previous / "best", folder / "best")
-        _save_optimizer(folder, getattr(optimizer, "optimizer", optimizer))  # unwrap accelerate's
-        runs.write_json(folder / "state.json", loop_state)
+    def fill(folder: Path) -> None:
+        _save_model_folder(folder / "last", trainer.unwrapped, setup.tokenizer, labels)
+        _link_tree(folder / "last" if improved else partial.snapshot / "best", folder / "best")
+        _save_optimizer(folder, getattr(trainer.optimizer, "optimizer", trainer.optimizer))  # unwrap accelerate's
+        write_json(folder / "state.json", {"config": asdict(setup.config), **asdict(state)})
 
-    runs.save_folder_atomically(previous, save)
+    replace_folder(partial.snapshot, fill)
 
 
 def _link_tree(source: Path, target: Path) -> None:
+    """Hard links to ``source``'s files (an unchanged best epoch costs no copy)."""
     target.mkdir(parents=True)
     for item in source.iterdir():
         try:
@@ -265,39 +527,141 @@ def _link_tree(source: Path, target: Path) -> None:
             shutil.copy2(item, target / item.name)
 
 
-def _snapshot(work: Path) -> Path | None:
-    """The last complete epoch snapshot (recovering one left mid-swap by a crash)."""
-    current, old = work / SNAPSHOT, work / (SNAPSHOT + ".old")
-    if not current.exists() and old.exists():
-        os.replace(old, current)
-    return current if (current / "state.json").exists() else None
+def _record(trainer: Trainer) -> RunRecord:
+    setup = trainer.setup
+    return RunRecord(config=setup.config, resolved=setup.resolved, data=describe(setup.dataset),
+                     versions=library_versions(), git_commit=git_commit(), environment=environment(),
+                     processes=trainer.accelerator.num_processes)
 
 
-def _report_data(dataset, encoded: dict[str, EncodedSplit], config: TrainConfig) -> None:
-    """Say what was dropped and what was cut, before training starts (never silently)."""
-    for split in dataset.splits.values():
-        if split.skipped_rows:
-            print(f"{split.source}: skipped {split.skipped_rows} bad rows (--skip-bad-rows)", file=sys.stderr)
-    cut = {name: enc.truncated for name, enc in encoded.items() if enc.truncated}
-    if cut:
-        counts = ", ".join(f"{name} {n} of {len(encoded[name])}" for name, n in cut.items())
-        print(f"inputs longer than {config.max_length} tokens, cut ({config.truncation}): {counts}", file=sys.stderr)
+def _restore(trainer: Trainer, partial: PartialRun, state: LoopState) -> None:
+    _load_trainable_state(trainer.unwrapped, partial.snapshot / "last")
+    _load_optimizer(partial.snapshot, trainer.optimizer)
+    trainer.scheduler.load_state_dict(state.scheduler)
+    if trainer.progress:
+        _log().info(f"resuming {partial.output} after epoch {state.epoch} (step {state.step})")
 
 
-def _label_info(task: str, threshold: float | None) -> dict:
-    """What labels.json records besides the label names: the task, and multi-label's threshold."""
-    return {"task": task, **({"threshold": threshold} if task == MULTI_LABEL else {})}
+def _epochs(trainer: Trainer, partial: PartialRun, state: LoopState, record: RunRecord) -> None:
+    accelerator = trainer.accelerator
+    for epoch in range(state.epoch, trainer.epochs):
+        if state.stopped_early or state.step >= trainer.total_steps:
+            break
+        losses = _train_epoch(trainer, state, epoch)
+        improved = _validate(trainer, state, epoch, losses)
+        state.epoch = epoch + 1
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            _save_epoch(trainer, partial, state, improved)
+            record.write(partial.path)
+        accelerator.wait_for_everyone()
+        if state.stopped_early and trainer.progress:
+            _log().info(f"early stopping: no better validation {trainer.setup.task.selection_metric} for "
+                     f"{trainer.setup.config.early_stopping_patience} epochs")
 
 
-def _check_max_length(model_config, max_length: int) -> None:
-    positions = getattr(model_config, "max_position_embeddings", None)
-    if positions is None:
+def _metrics(trainer: Trainer, state: LoopState, test_metrics: dict) -> dict:
+    setup, resolved = trainer.setup, trainer.setup.resolved
+    memory = {"peak_rss_mb": peak_rss_mb()}
+    if resolved.device == "cuda":
+        import torch
+
+        memory["cuda_max_allocated_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    best = state.history[state.best_epoch - 1] if state.best_epoch else {}
+    return {
+        "task": setup.task.name, "init": setup.config.init,  # "random": accuracy means nothing
+        "selection_metric": setup.task.selection_metric, "epochs": state.history, "best_epoch": state.best_epoch,
+        "degenerate": best.get("degenerate"), "test": test_metrics,
+        "parameters": {"trainable": int(setup.trainable), "total": int(setup.total),
+                       "trainable_percent": 100.0 * setup.trainable / setup.total},
+        "training": {"wall_seconds": state.train_seconds,
+                     "samples_per_second": state.samples_seen / max(state.train_seconds, 1e-9),
+                     "optimizer_steps": state.step, "epochs_run": len(state.history), "device": resolved.device,
+                     "precision": resolved.precision, "processes": trainer.accelerator.num_processes,
+                     "lr": resolved.lr, "max_grad_norm": resolved.max_grad_norm},
+        "memory": memory,
+        "truncation": {"max_length": setup.config.max_length, "strategy": setup.config.truncation,
+                       **{name: {"truncated": e.truncated, "total": len(e)} for name, e in setup.encoded.items()}},
+    }
+
+
+def _test_best(trainer: Trainer, partial: PartialRun, state: LoopState) -> tuple[dict, object]:
+    """The best epoch's weights on the test split (multi-label: at the threshold tuned on validation)."""
+    setup = trainer.setup
+    _load_trainable_state(trainer.unwrapped, partial.snapshot / "best")
+    scores = predict_scores(trainer, "test", "testing")
+    test_metrics, predictions = setup.task.evaluate(setup.dataset.splits["test"].examples, setup.encoded["test"],
+                                                    scores, setup.dataset.labels, state.best_threshold)
+    return _metrics(trainer, state, test_metrics), predictions
+
+
+def _publish(trainer: Trainer, partial: PartialRun, out: OutputFolder, record: RunRecord, metrics: dict) -> None:
+    for item in (partial.snapshot / "best").iterdir():
+        shutil.move(str(item), partial.path / item.name)
+    shutil.rmtree(partial.snapshot)
+    record.write(partial.path)
+    write_json(partial.path / METRICS, metrics)
+    out.publish()
+    if trainer.progress:
+        _summary_table(metrics, partial.output)
+
+
+def _output_slot(trainer: Trainer, partial: PartialRun):
+    """The main process holds the output (a lock) and publishes it; the others only compute."""
+    if not trainer.accelerator.is_main_process:
+        return contextlib.nullcontext()
+    return OutputFolder(partial.output, trainer.setup.config.overwrite, staging=partial.path)
+
+
+def _start_work_folder(partial: PartialRun, fresh: bool) -> None:
+    if fresh and partial.path.exists():  # --overwrite of an interrupted run: only now, inputs are sound
+        shutil.rmtree(partial.path)
+    partial.path.mkdir(parents=True, exist_ok=True)
+
+
+def _run(config: TrainConfig, output: Path, state: LoopState | None) -> TrainResult:
+    setup = _prepare(config)
+    trainer = _trainer(setup)
+    _report_data(setup)
+    partial = PartialRun(output)
+    fresh = state is None
+    state = state or LoopState()
+    if not fresh:
+        _restore(trainer, partial, state)
+    record = _record(trainer)
+    with _output_slot(trainer, partial) as out:
+        if out is not None:
+            _start_work_folder(partial, fresh)
+        trainer.accelerator.wait_for_everyone()
+        try:
+            _epochs(trainer, partial, state, record)
+        except BaseException as exc:  # interrupted or failed: keep a finished epoch, else leave nothing
+            _after_failure(trainer, partial, exc)
+            raise
+        metrics, predictions = _test_best(trainer, partial, state)
+        if trainer.accelerator.is_main_process:
+            _publish(trainer, partial, out, record, metrics)
+    trainer.accelerator.wait_for_everyone()
+    _refuse_degenerate(metrics, output, config)
+    return TrainResult(output=output, metrics=metrics, test_probabilities=predictions)
+
+
+def _after_failure(trainer: Trainer, partial: PartialRun, exc: BaseException) -> None:
+    if not trainer.accelerator.is_main_process:
         return
-    # RoBERTa-style models number positions from padding_idx + 1
-    offset = (model_config.pad_token_id or 0) + 1 if model_config.model_type in ("roberta", "mpnet", "camembert",
-                                                                                 "xlm-roberta") else 0
-    if max_length > positions - offset:
-        raise EdgeclinError(f"--max-length {max_length} is longer than the model takes ({positions - offset} tokens)")
+    if partial.finished_epoch() is not None:
+        what = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"failed ({type(exc).__name__})"
+        _log().warning(f"\n{what}: the last finished epoch is in {partial.snapshot / 'last'}; "
+                    f"continue with: edgeclin train --resume {partial.output}")
+    else:
+        shutil.rmtree(partial.path, ignore_errors=True)
+
+
+def _refuse_degenerate(metrics: dict, output: Path, config: TrainConfig) -> None:
+    if metrics.get("degenerate") and not config.allow_degenerate:
+        raise DegenerateRun(f"the model collapsed: at its best epoch ({metrics['best_epoch']}) "
+                            f"{metrics['degenerate']}. The run is in {output} for inspection; try a lower --lr, "
+                            "or accept it with --allow-degenerate")
 
 
 def _summary_table(metrics: dict, output: Path) -> None:
@@ -307,276 +671,22 @@ def _summary_table(metrics: dict, output: Path) -> None:
     def pct(value):
         return "n/a" if value is None else f"{100 * value:.1f}"
 
-    columns = DISPLAY_COLUMNS[metrics["task"]]
+    columns = get_task(metrics["task"]).display_columns
     table = Table(title=f"edgeclin train: {output}")
     table.add_column("split")
     for _, heading in columns:
         table.add_column(heading, justify="right")
     for epoch in metrics["epochs"]:
-        v = epoch["valid"]
-        table.add_row(f"valid (epoch {epoch['epoch']})", *(pct(v.get(key)) for key, _ in columns))
-    t = metrics["test"]
-    table.add_row(f"[bold]test (best epoch {metrics['best_epoch']})", *(pct(t.get(key)) for key, _ in columns))
+        flag = " [collapsed]" if epoch.get("degenerate") else ""
+        table.add_row(f"valid (epoch {epoch['epoch']}){flag}", *(pct(epoch["valid"].get(key)) for key, _ in columns))
+    table.add_row(f"[bold]test (best epoch {metrics['best_epoch']})",
+                  *(pct(metrics["test"].get(key)) for key, _ in columns))
     console = Console(stderr=True)
     console.print(table)
     p, tr = metrics["parameters"], metrics["training"]
-    console.print(
-        f"trainable parameters {p['trainable']:,} of {p['total']:,} ({p['trainable_percent']:.2f}%), "
-        f"training {tr['wall_seconds']:.0f} s ({tr['samples_per_second']:.1f} samples/s, {tr['precision']}), "
-        f"peak RSS {metrics['memory']['peak_rss_mb']:.0f} MiB"
-    )
+    console.print(f"trainable parameters {p['trainable']:,} of {p['total']:,} ({p['trainable_percent']:.2f}%), "
+                  f"training {tr['wall_seconds']:.0f} s ({tr['samples_per_second']:.1f} samples/s, {tr['precision']}), "
+                  f"peak RSS {metrics['memory']['peak_rss_mb']:.0f} MiB")
     if metrics.get("init") == "random":
         console.print("[bold]random weights (--init random)[/]: the scores above mean nothing; time, memory and "
                       "sizes are what this run measures")
-
-
-def train(config: TrainConfig | None = None, *, resume: str | Path | None = None, **options) -> TrainResult:
-    """Fine-tune a classifier and write a run folder; returns its path and metrics.
-
-    Either pass a ``TrainConfig`` or its fields as keywords: ``train(data="...", method="full")``.
-    ``resume`` continues an interrupted run from its last finished epoch.
-    """
-    if resume is not None:
-        return _resume(Path(resume))
-    config = config or TrainConfig(**options)
-    config.check()
-    # absolute data paths in the run record: merge and export find the data from anywhere
-    for name in ("data", "train_file", "valid_file", "test_file"):
-        value = getattr(config, name)
-        if value and value != DEMO_DATA and Path(value).exists():
-            setattr(config, name, str(Path(value).resolve()))
-    if not config.output and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        # each process would pick its own time-stamped default folder
-        raise EdgeclinError("with several processes (accelerate launch), give the run folder with -o/--output")
-    output = Path(config.output) if config.output else runs.default_run_dir(config.model, config.method)
-    config.output = str(output)
-    runs.check_output_free(output, config.overwrite)
-    return _run(config, output, runs.partial_dir(output), state=None)
-
-
-def _resume(path: Path) -> TrainResult:
-    path = path.resolve()
-    output = path.with_name(path.name.removesuffix(".partial")) if path.name.endswith(".partial") else path
-    work = runs.partial_dir(output)
-    snapshot = _snapshot(work) if work.exists() else None
-    if snapshot is None:
-        if output.exists() and (output / runs.METRICS).exists():
-            raise EdgeclinError(f"{output} is a finished run; nothing to resume")
-        raise EdgeclinError(f"nothing to resume: {work} has no finished epoch")
-    state = runs.read_json(snapshot / "state.json")
-    config = TrainConfig(**state["config"])
-    return _run(config, output, work, state=state)
-
-
-def _run(config: TrainConfig, output: Path, work: Path, state: dict | None) -> TrainResult:
-    import torch
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
-    from tqdm.auto import tqdm
-    from transformers import get_scheduler
-
-    method = get_method(config.method)
-    device = resolve_device(config.device)
-    precision = resolve_precision(config.precision, device)
-    lr = config.lr if config.lr is not None else method.default_lr
-
-    # Everything that can fail on the user's input fails here, before any folder is written.
-    dataset = load_dataset(
-        config.data, train=config.train_file, valid=config.valid_file, test=config.test_file,
-        columns=Columns(config.text_col, config.label_col, config.text_pair_col),
-        skip_bad_rows=config.skip_bad_rows, limit=config.limit, seed=config.seed,
-        multi_label=config.multi_label, label_separator=config.label_sep,
-    )
-    task = dataset.task
-    selection_metric = SELECTION_METRIC[task]
-    resolved = resolve_model(config.model, init=config.init)
-    _set_seed(config.seed)
-    tokenizer = load_tokenizer(resolved.path)
-    label2id = dataset.label2id
-    encoded = {
-        name: encode_examples(tokenizer, split.examples, label2id, config.max_length, config.truncation, task)
-        for name, split in dataset.splits.items()
-    }
-    if config.progress:
-        _report_data(dataset, encoded, config)
-    model = load_classifier(resolved.path, dataset.labels, task=task)
-    _check_max_length(model.config, config.max_length)
-    model = method.prepare(model, config)
-    trainable, total = _count_parameters(model)
-
-    mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
-    # accelerate keeps one global state per process; reset it (keeping the distributed
-    # setup) so that train() can be called again in the same process with other settings
-    AcceleratorState._reset_state(reset_partial_state=False)
-    accelerator = Accelerator(mixed_precision=mixed, cpu=device == "cpu",
-                              gradient_accumulation_steps=config.grad_accum)
-    progress = config.progress and accelerator.is_main_process
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    token_types = "token_type_ids" in tokenizer.model_input_names  # DistilBERT has none
-
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr,
-                                  weight_decay=config.weight_decay)
-    batches_per_epoch = math.ceil(len(encoded["train"]) / config.batch_size)
-    steps_per_epoch = math.ceil(batches_per_epoch / accelerator.num_processes / config.grad_accum)
-    total_steps = config.epochs * steps_per_epoch
-    if config.max_steps is not None:
-        total_steps = min(total_steps, config.max_steps)
-    epochs = math.ceil(total_steps / steps_per_epoch)
-    # accelerate steps a prepared scheduler once per process for each optimizer step
-    scale = accelerator.num_processes
-    scheduler = get_scheduler(config.schedule, optimizer,
-                              num_warmup_steps=int(config.warmup_ratio * total_steps) * scale,
-                              num_training_steps=total_steps * scale)
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    unwrapped = accelerator.unwrap_model(model)
-
-    history: list[dict] = []
-    best_epoch, best_score, bad_epochs, step, start_epoch, train_seconds, samples_seen = 0, -1.0, 0, 0, 0, 0.0, 0
-    best_threshold = None  # multi-label: the decision threshold tuned on validation at the best epoch
-    if state is not None:
-        _load_trainable_state(unwrapped, work / SNAPSHOT / "last")
-        _load_optimizer(work / SNAPSHOT, optimizer)
-        history, best_epoch, best_score = state["history"], state["best_epoch"], state["best_score"]
-        bad_epochs, step, start_epoch = state["bad_epochs"], state["step"], state["epoch"]
-        train_seconds, samples_seen = state["train_seconds"], state["samples_seen"]
-        best_threshold = state.get("best_threshold")
-        scheduler.load_state_dict(state["scheduler"])
-        if progress:
-            print(f"resuming {output} after epoch {start_epoch} (step {step})", file=sys.stderr)
-
-    valid_loader = accelerator.prepare(_loader(encoded["valid"], config.batch_size * 2, pad_id, None, token_types))
-    record = {
-        "config": asdict(config),
-        "resolved": {"model_path": resolved.path, "model_source": resolved.source, "init": resolved.init, "lr": lr,
-                     "device": device, "precision": precision, "labels": dataset.labels, "task": task,
-                     "base_model": resolved.path if method.saves_adapter else None,
-                     "steps_per_epoch": steps_per_epoch, "total_steps": total_steps},
-        "data": dataset.describe(),
-        "versions": runs.library_versions(),
-        "git_commit": runs.git_commit(),
-        "environment": environment(),
-        "processes": accelerator.num_processes,
-    }
-    if accelerator.is_main_process:
-        if state is None and work.exists():  # --overwrite of an interrupted run: only now, inputs are sound
-            shutil.rmtree(work)
-        work.mkdir(parents=True, exist_ok=True)
-    accelerator.wait_for_everyone()
-
-    finished = state is not None and state.get("stopped_early", False)
-    try:
-        for epoch in range(start_epoch, epochs):
-            if finished or step >= total_steps:
-                break
-            model.train()
-            # the epoch's own seed: a resumed run sees the same batches and dropout masks
-            torch.manual_seed(config.seed + epoch)
-            loader = accelerator.prepare(_loader(encoded["train"], config.batch_size, pad_id, config.seed + epoch,
-                                                 token_types))
-            epoch_start, losses = time.perf_counter(), []
-            bar = tqdm(total=min(steps_per_epoch, total_steps - step), desc=f"epoch {epoch + 1}/{epochs}",
-                       disable=not progress, file=sys.stderr)
-            for batch in loader:
-                batch.pop("example_index")
-                with accelerator.accumulate(model):
-                    loss = model(**batch).loss
-                    accelerator.backward(loss)
-                    optimizer.step()
-                    scheduler.step()
-                    optimizer.zero_grad()
-                losses.append(loss.detach().float().item())
-                samples_seen += batch["input_ids"].shape[0] * accelerator.num_processes
-                if accelerator.sync_gradients:
-                    step += 1
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
-                    if step >= total_steps:
-                        break
-            bar.close()
-            train_seconds += time.perf_counter() - epoch_start
-            valid_scores = predict_scores(model, valid_loader, accelerator, task, encoded["valid"].lengths,
-                                          progress, "validating")
-            valid_metrics, _ = split_metrics(task, dataset.splits["valid"].examples, encoded["valid"],
-                                             valid_scores, dataset.labels, tune=True)
-            history.append({"epoch": epoch + 1, "step": step, "train_loss": float(np.mean(losses)),
-                            "epoch_seconds": time.perf_counter() - epoch_start, "valid": valid_metrics})
-            score = valid_metrics[selection_metric]
-            improved = score > best_score
-            if improved:
-                best_epoch, best_score, bad_epochs = epoch + 1, score, 0
-                best_threshold = valid_metrics.get("threshold")
-            else:
-                bad_epochs += 1
-            patience = config.early_stopping_patience
-            finished = patience is not None and bad_epochs >= patience
-            if progress:
-                print(f"epoch {epoch + 1}: train loss {history[-1]['train_loss']:.4f}, "
-                      f"valid {headline(task, valid_metrics)}"
-                      + (" (best)" if improved else ""), file=sys.stderr)
-            accelerator.wait_for_everyone()
-            if accelerator.is_main_process:
-                loop_state = {
-                    "config": asdict(config), "epoch": epoch + 1, "step": step, "history": history,
-                    "best_epoch": best_epoch, "best_score": best_score, "bad_epochs": bad_epochs,
-                    "train_seconds": train_seconds, "samples_seen": samples_seen, "stopped_early": finished,
-                    "scheduler": scheduler.state_dict(),  # plain numbers for transformers' schedules
-                    "best_threshold": best_threshold,
-                }
-                _save_epoch(work, unwrapped, tokenizer, dataset.labels, improved, optimizer, loop_state,
-                            _label_info(task, valid_metrics.get("threshold")))
-                runs.write_json(work / runs.RUN_RECORD, record)
-            accelerator.wait_for_everyone()
-            if finished:
-                if progress:
-                    print(f"early stopping: no better validation {selection_metric} for {patience} epochs",
-                          file=sys.stderr)
-                break
-    except BaseException as exc:  # interrupted or failed: keep a finished epoch, else leave nothing
-        if accelerator.is_main_process:
-            if _snapshot(work) is not None:
-                what = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"failed ({type(exc).__name__})"
-                print(f"\n{what}: the last finished epoch is in {work / SNAPSHOT / 'last'}; "
-                      f"continue with: edgeclin train --resume {output}", file=sys.stderr)
-            else:
-                shutil.rmtree(work, ignore_errors=True)
-        raise
-
-    # Test the best epoch's weights.
-    _load_trainable_state(unwrapped, work / SNAPSHOT / "best")
-    test_loader = accelerator.prepare(_loader(encoded["test"], config.batch_size * 2, pad_id, None, token_types))
-    test_scores = predict_scores(model, test_loader, accelerator, task, encoded["test"].lengths, progress, "testing")
-    # multi-label: the threshold tuned on validation at the best epoch, never one tuned on test
-    test_metrics, test_probabilities = split_metrics(task, dataset.splits["test"].examples, encoded["test"],
-                                                     test_scores, dataset.labels, best_threshold)
-    memory = {"peak_rss_mb": peak_rss_mb()}
-    if device == "cuda":
-        memory["cuda_max_allocated_mb"] = torch.cuda.max_memory_allocated() / 2**20
-    metrics = {
-        "task": task,
-        "init": config.init,  # "random": accuracy means nothing
-        "selection_metric": selection_metric,
-        "epochs": history,
-        "best_epoch": best_epoch,
-        "test": test_metrics,
-        "parameters": {"trainable": int(trainable), "total": int(total),
-                       "trainable_percent": 100.0 * trainable / total},
-        "training": {"wall_seconds": train_seconds, "samples_per_second": samples_seen / max(train_seconds, 1e-9),
-                     "optimizer_steps": step, "epochs_run": len(history), "device": device,
-                     "precision": precision, "processes": accelerator.num_processes, "lr": lr},
-        "memory": memory,
-        "truncation": {
-            "max_length": config.max_length, "strategy": config.truncation,
-            **{name: {"truncated": enc.truncated, "total": len(enc)} for name, enc in encoded.items()},
-        },
-    }
-    if accelerator.is_main_process:
-        for item in (work / SNAPSHOT / "best").iterdir():
-            shutil.move(str(item), work / item.name)
-        shutil.rmtree(work / SNAPSHOT)
-        runs.write_json(work / runs.RUN_RECORD, record)
-        runs.write_json(work / runs.METRICS, metrics)
-        runs.publish(work, output, config.overwrite)
-        if progress:
-            _summary_table(metrics, output)
-    accelerator.wait_for_everyone()
-    return TrainResult(output=output, metrics=metrics, test_probabilities=test_probabilities)

@@ -81,9 +81,9 @@ def test_compare_prints_ratios(results_dir, tmp_path):
 
 
 def test_onnxruntime_only_when_openvino_is_missing(bundle, demo_folder, tmp_path, monkeypatch):
-    import edgeclin.runtime as runtime
+    from edgeclin import engines, runtime
 
-    monkeypatch.setattr(runtime, "openvino_available", lambda: False)
+    monkeypatch.setattr(engines.BACKENDS["openvino"], "available", lambda: False)
     out = bench([bundle], batch_sizes=(1,), seq_lens=(8,), threads=(1,), warmup=1, repeats=2, out=tmp_path / "o",
                 progress=False)
     results = json.loads((out / "results.json").read_text())
@@ -99,7 +99,7 @@ def test_openvino_backend_agrees_with_onnxruntime(bundle):
     from edgeclin import runtime
 
     texts = ["chest pain radiating to the left arm", "knee pain after a fall", "a productive cough"]
-    ort_probs = runtime.load(bundle).predict(texts).probabilities
+    ort_probs = runtime.load(bundle, backend="onnxruntime").predict(texts).probabilities
     ov_probs = runtime.load(bundle, backend="openvino").predict(texts).probabilities
     assert np.abs(ort_probs - ov_probs).max() < 0.05  # bf16 on AMX CPUs: close, not bit-equal
 
@@ -109,12 +109,13 @@ def test_openvino_fp32_graph_and_auto_backend(lora_run, demo_folder, tmp_path):
     only on the same kind of CPU; bench measures the carried graph as its own variant."""
     from edgeclin import runtime
     from edgeclin.export import export, write_bundle
+    from edgeclin.hardware import cpu_features
 
     result = export(lora_run.output, tmp_path / "bundle", int8=True, openvino_fp32=True, quiet=True, max_drop=100.0)
     manifest = result.manifest
     assert "model.fp32.onnx" in manifest["files"]
     measured = manifest["runtime"]
-    assert measured["cpu"] == runtime.cpu_signature()
+    assert measured["cpu"] == cpu_features().signature()
     assert {(c["backend"], c["model"]) for c in measured["candidates"]} == {
         ("onnxruntime", "model.onnx"), ("openvino", "model.onnx"), ("openvino", "model.fp32.onnx")}
     assert all(c["p50_ms"] > 0 and "macro_f1" in c for c in measured["candidates"])
@@ -122,7 +123,7 @@ def test_openvino_fp32_graph_and_auto_backend(lora_run, demo_folder, tmp_path):
 
     # a manifest that prefers OpenVINO bf16 on the fp32 graph: followed here, not on another CPU
     preferred = {"backend": "openvino", "model": "model.fp32.onnx", "precision": "bf16"}
-    for cpu, expected in ((runtime.cpu_signature(), ("openvino", "model.fp32.onnx")),
+    for cpu, expected in ((cpu_features().signature(), ("openvino", "model.fp32.onnx")),
                           ({"model": "another CPU", "isa": ["amx_bf16"]}, ("onnxruntime", "model.onnx"))):
         edited = {k: v for k, v in manifest.items() if k != "files"}
         edited["runtime"] = {**measured, "cpu": cpu, "preferred": preferred}

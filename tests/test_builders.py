@@ -1,4 +1,4 @@
-"""edgeclin data mimic / i2b2 on SYNTHETIC files in the releases' formats (edgeclin/builders/fixtures.py)."""
+"""edgeclin data mimic / i2b2 on SYNTHETIC files in the releases' formats (tests/builder_fixtures.py)."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ from collections import Counter
 from datetime import datetime, timedelta
 from pathlib import Path
 
+import builder_fixtures as fixtures
 import pytest
+from builder_fixtures import ADMISSION_DETAIL, LATER_DETAIL
 from click.testing import CliRunner
 
-from edgeclin.builders import fixtures
-from edgeclin.builders.fixtures import ADMISSION_DETAIL, LATER_DETAIL
 from edgeclin.builders.i2b2 import build_i2b2
 from edgeclin.builders.mimic import admission_sections, admission_text, build_mimic, los_bucket, short_code
 from edgeclin.cli import main

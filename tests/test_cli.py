@@ -12,7 +12,7 @@ from edgeclin.cli import main
 
 
 def run_train(*args):
-    result = CliRunner().invoke(main, ["train", "--quiet", "--precision", "fp32", *args])
+    result = CliRunner().invoke(main, ["train", "--quiet", "--precision", "fp32", "--allow-degenerate", *args])
     return result
 
 
@@ -119,3 +119,27 @@ def test_help_teaches():
     for option in ("--method", "--lora-r", "--target-modules", "--truncation", "--resume", "--skip-bad-rows",
                    "--precision", "--limit", "accelerate launch"):
         assert option in result.output
+
+
+def test_resume_takes_only_quiet(tiny_bert, demo_folder, tmp_path, monkeypatch):
+    import edgeclin.training as training
+
+    out = tmp_path / "run"
+    real, calls = training._save_epoch, {"n": 0}
+
+    def stop_after_first_epoch(*args, **kwargs):
+        real(*args, **kwargs)
+        calls["n"] += 1
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "_save_epoch", stop_after_first_epoch)
+    result = run_train("--model", str(tiny_bert), "--data", str(demo_folder), "--epochs", "2", "--max-length", "32",
+                       "-o", str(out))
+    assert result.exit_code == 130
+    monkeypatch.setattr(training, "_save_epoch", real)
+    refused = CliRunner().invoke(main, ["train", "--resume", str(out), "--lr", "0.1", "--epochs", "9"])
+    assert_clean_failure(refused, "--resume continues the run with its own options", "--lr", "--epochs")
+    resumed = CliRunner().invoke(main, ["train", "--resume", str(out), "--quiet"])
+    assert resumed.exit_code == 0, resumed.output
+    assert "resuming" not in resumed.stderr and "epoch 2:" not in resumed.stderr  # --quiet honoured
+    assert "test macro-F1" in resumed.stdout and (out / "metrics.json").exists()

@@ -3,7 +3,7 @@ import json
 import pytest
 from conftest import write_csv
 
-from edgeclin.data import Columns, load_dataset, read_split, subsample
+from edgeclin.data import Columns, describe, load_dataset, read_split, subsample
 from edgeclin.errors import EdgeclinError
 
 
@@ -21,7 +21,7 @@ def test_reads_csv_folder_and_sorts_labels(tmp_path):
     dataset = load_dataset(folder)
     assert dataset.labels == ["a", "b"]
     assert len(dataset.splits["train"].examples) == 3
-    assert dataset.describe()["train"]["label_counts"] == {"a": 1, "b": 2}
+    assert describe(dataset)["train"]["label_counts"] == {"a": 1, "b": 2}
 
 
 def test_reads_jsonl_and_text_pairs(tmp_path):

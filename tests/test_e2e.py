@@ -17,7 +17,7 @@ def test_train_lora_on_mtsamples_slice(tmp_path, monkeypatch):
     out = tmp_path / "run"
     result = CliRunner().invoke(main, [
         "train", "--data", str(data), "--limit", "48", "--max-length", "64", "--max-steps", "4",
-        "--batch-size", "8", "-o", str(out), "--quiet",
+        "--batch-size", "8", "-o", str(out), "--quiet", "--allow-degenerate",
     ])
     assert result.exit_code == 0, (result.output, result.exception)
     assert "test macro-F1" in result.output
@@ -52,7 +52,8 @@ def test_ade_train_merge_export_predict(tmp_path, monkeypatch):
     data = shared_dataset("ade_corpus")
     run = tmp_path / "run"
     result = CliRunner().invoke(main, ["train", "--data", str(data), "--limit", "64", "--max-length", "64",
-                                       "--max-steps", "6", "--batch-size", "16", "-o", str(run), "--quiet"])
+                                       "--max-steps", "6", "--batch-size", "16", "-o", str(run), "--quiet",
+                                       "--allow-degenerate"])
     assert result.exit_code == 0, (result.output, result.exception)
     merged = merge(run, tmp_path / "merged")
     assert json.loads((merged / "merge.json").read_text())["max_abs_logit_diff"] <= 1e-4
@@ -84,7 +85,8 @@ def test_ade_train_merge_export_predict(tmp_path, monkeypatch):
     with torch.no_grad():
         reference = torch.softmax(model(**tokenizer(texts, return_tensors="pt", padding=True, truncation=True,
                                                     max_length=64)).logits, -1).numpy()
-    fp32_probs = runtime.load(tmp_path / "fp32").predict(texts).probabilities
+    # pinned: "auto" may pick a bf16 engine that export measured faster on this CPU (AMX)
+    fp32_probs = runtime.load(tmp_path / "fp32", backend="onnxruntime").predict(texts).probabilities
     assert np.abs(fp32_probs - reference).max() < 1e-4
     import csv as csv_module
 
@@ -103,7 +105,7 @@ def test_sentence_pairs_end_to_end_on_nli4ct(tmp_path, monkeypatch):
     run = tmp_path / "run"
     result = CliRunner().invoke(main, ["train", "--data", str(data), "--text-pair-col", "text_pair", "--limit", "32",
                                        "--max-length", "96", "--max-steps", "3", "--batch-size", "8", "-o", str(run),
-                                       "--quiet"])
+                                       "--quiet", "--allow-degenerate"])
     assert result.exit_code == 0, (result.output, result.exception)
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["truncation"]["train"]["truncated"] > 0

@@ -1,5 +1,9 @@
-from edgeclin.data import Example
-from edgeclin.encoding import encode_examples, pad_batch
+from edgeclin.schema import Example, InputFormat
+from edgeclin.tasks import SINGLE_LABEL, get_task
+
+
+def encode_examples(tokenizer, examples, label2id, max_length, truncation="head"):
+    return get_task(SINGLE_LABEL).encode(tokenizer, examples, label2id, InputFormat(max_length, truncation))
 
 
 def words(n, prefix="w"):
@@ -44,7 +48,7 @@ def test_pad_batch_pads_to_longest(tiny_bert):
     tokenizer = AutoTokenizer.from_pretrained(tiny_bert)
     encoded = encode_examples(tokenizer, [Example("cough", "a"), Example("cough pain pain", "b")],
                               {"a": 0, "b": 1}, 32)
-    batch = pad_batch(encoded, [0, 1], tokenizer.pad_token_id)
+    batch = get_task(SINGLE_LABEL).batch(encoded, [0, 1], tokenizer.pad_token_id)
     assert batch["input_ids"].shape == (2, 5)
     assert batch["attention_mask"].tolist() == [[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]]
     assert batch["labels"].tolist() == [0, 1]

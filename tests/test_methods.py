@@ -73,7 +73,7 @@ def test_random_pooler_trains_in_full(tmp_path, tiny_bert):
     """A checkpoint without pooler weights: the pooler starts random, so it is trained, not LoRA'd."""
     from safetensors.torch import load_file, save_file
 
-    from edgeclin.models import load_classifier
+    from edgeclin.models import load_classifier, load_classifier_with_info
 
     folder = tmp_path / "no-pooler"
     folder.mkdir()
@@ -82,9 +82,9 @@ def test_random_pooler_trains_in_full(tmp_path, tiny_bert):
     weights = load_file(str(folder / "model.safetensors"))
     save_file({k: v for k, v in weights.items() if "pooler" not in k}, str(folder / "model.safetensors"),
               metadata={"format": "pt"})
-    model = load_classifier(str(folder), ["a", "b", "c"])
-    assert "bert.pooler.dense.weight" in model.edgeclin_new_weights
-    lora = get_method("lora").prepare(model, TrainConfig())
+    loaded = load_classifier_with_info(str(folder), ["a", "b", "c"])
+    assert "bert.pooler.dense.weight" in loaded.new_weights
+    lora = get_method("lora").prepare(loaded.model, TrainConfig(), new_weights=loaded.new_weights)
     trainable = [name for name, p in lora.named_parameters() if p.requires_grad]
     assert any("pooler.dense.modules_to_save" in name for name in trainable), trainable
     assert not any("pooler" in name and "lora_" in name for name in trainable)

@@ -2,17 +2,18 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
-from edgeclin import runs
+from edgeclin.artifacts import partial_dir
 from edgeclin.errors import EdgeclinError
 from edgeclin.training import TrainConfig, train
 
 
 def config(tiny_bert, demo_folder, output, **overrides):
     options = dict(model=str(tiny_bert), data=str(demo_folder), output=str(output), epochs=2, batch_size=16,
-                   max_length=48, precision="fp32", progress=False, lr=5e-3)
+                   max_length=48, precision="fp32", progress=False, lr=5e-3, allow_degenerate=True)
     options.update(overrides)
     return TrainConfig(**options)
 
@@ -61,7 +62,7 @@ def train_interrupted(monkeypatch, function: str, on_call: int, run_config) -> N
 def test_run_folder_is_complete_and_reloads(tiny_bert, demo_folder, tmp_path, method):
     output = tmp_path / "run"
     result = train(config(tiny_bert, demo_folder, output, method=method))
-    assert result.output == output and not runs.partial_dir(output).exists()
+    assert result.output == output and not partial_dir(output).exists()
     names = {p.name for p in output.iterdir()}
     weights = {"adapter_model.safetensors", "adapter_config.json"} if method == "lora" else {"model.safetensors"}
     assert weights | {"tokenizer.json", "labels.json", "run.json", "metrics.json"} <= names
@@ -116,7 +117,7 @@ def test_interrupted_run_keeps_last_epoch_and_resumes_to_the_same_result(tiny_be
     output = tmp_path / "interrupted"
     train_interrupted(monkeypatch, "predict_scores", 2, config(tiny_bert, demo_folder, output, epochs=3))
 
-    work = runs.partial_dir(output)
+    work = partial_dir(output)
     assert not output.exists() and (work / "epoch" / "last" / "adapter_model.safetensors").exists()
     assert json.loads((work / "epoch" / "state.json").read_text())["epoch"] == 1
     with pytest.raises(EdgeclinError, match="holds an interrupted run"):
@@ -148,7 +149,7 @@ def test_data_parallel_training_under_a_launcher(tiny_bert, demo_folder, tmp_pat
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
     cmd = [*torchrun, "-m", "edgeclin", "train", "--model", str(tiny_bert), "--data", str(demo_folder),
            "--epochs", "2", "--precision", "fp32", "--device", "cpu", "--max-length", "48", "-o", str(output),
-           "--quiet"]
+           "--quiet", "--allow-degenerate"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -180,7 +181,7 @@ def test_python_api_and_max_length_bound(tiny_bert, demo_folder, tmp_path):
     import edgeclin
 
     result = edgeclin.train(model=str(tiny_bert), data=str(demo_folder), output=str(tmp_path / "api"), epochs=1,
-                            max_length=48, precision="fp32", progress=False)
+                            max_length=48, precision="fp32", progress=False, allow_degenerate=True)
     assert (result.output / "metrics.json").exists() and isinstance(edgeclin.TrainConfig(), edgeclin.TrainConfig)
     with pytest.raises(EdgeclinError, match="longer than the model takes \\(512 tokens\\)"):
         edgeclin.train(model=str(tiny_bert), data=str(demo_folder), output=str(tmp_path / "long"), max_length=600,
@@ -194,9 +195,61 @@ def test_interruption_while_saving_an_epoch_resumes_cleanly(tiny_bert, demo_fold
     output = tmp_path / "run"
     # the second save: epoch 2's weights are written by now, its state is not
     train_interrupted(monkeypatch, "_save_optimizer", 2, config(tiny_bert, demo_folder, output, epochs=3))
-    work = runs.partial_dir(output)
+    work = partial_dir(output)
     assert json.loads((work / "epoch" / "state.json").read_text())["epoch"] == 1
     assert not (work / "epoch.tmp").exists()
     resumed = train(resume=output).metrics
     assert resumed["test"] == pytest.approx(reference["test"])
     assert [e["train_loss"] for e in resumed["epochs"]] == pytest.approx([e["train_loss"] for e in reference["epochs"]])
+
+
+def test_gradients_are_clipped_and_recorded(tiny_bert, demo_folder, tmp_path):
+    """A huge learning rate on a tiny model stays finite: every step's norm is clipped at --max-grad-norm."""
+    metrics = train(config(tiny_bert, demo_folder, tmp_path / "clip", epochs=1, lr=5.0, method="full",
+                           max_grad_norm=0.5)).metrics
+    norms = metrics["epochs"][0]["grad_norm"]
+    assert norms["steps"] == metrics["training"]["optimizer_steps"] == 6 and norms["max"] > 0.5
+    assert 0 < norms["clipped_steps"] <= norms["steps"] and metrics["training"]["max_grad_norm"] == 0.5
+    assert all(np.isfinite(e["train_loss"]) for e in metrics["epochs"])
+    record = json.loads((tmp_path / "clip" / "run.json").read_text())
+    assert record["config"]["max_grad_norm"] == 0.5 and record["resolved"]["max_grad_norm"] == 0.5
+    unclipped = train(config(tiny_bert, demo_folder, tmp_path / "off", epochs=1, lr=5.0, method="full",
+                             max_grad_norm=0)).metrics
+    assert unclipped["epochs"][0]["grad_norm"]["clipped_steps"] == 0 and unclipped["training"]["max_grad_norm"] is None
+
+
+def test_a_collapsed_run_does_not_end_silently(tiny_bert, demo_folder, tmp_path):
+    from edgeclin.training import DegenerateRun
+
+    # lr 0: the random head never moves, so every prediction is the same class
+    with pytest.raises(DegenerateRun, match=r"collapsed.*every prediction is the class") as error:
+        train(config(tiny_bert, demo_folder, tmp_path / "flat", epochs=1, lr=0.0, allow_degenerate=False))
+    assert error.value.exit_code == 3
+    metrics = json.loads((tmp_path / "flat" / "metrics.json").read_text())  # kept for inspection
+    assert metrics["degenerate"].startswith("every prediction is the class")
+    assert metrics["epochs"][0]["degenerate"] == metrics["degenerate"]
+    accepted = train(config(tiny_bert, demo_folder, tmp_path / "ok", epochs=1, lr=0.0, allow_degenerate=True))
+    assert accepted.metrics["degenerate"]
+
+
+def test_a_healthy_run_is_not_called_degenerate(tmp_path, tiny_bert):
+    from conftest import write_csv
+
+    rows = [(f"patient reports {w} {w} today", label) for w, label in (("cough", "lung"), ("pain", "bone"))] * 40
+    for name in ("train", "valid", "test"):
+        write_csv(tmp_path / "easy" / f"{name}.csv", rows)
+    metrics = train(config(tiny_bert, tmp_path / "easy", tmp_path / "run", method="full", lr=3e-3, epochs=4,
+                           batch_size=8, allow_degenerate=False)).metrics
+    assert metrics["degenerate"] is None and metrics["epochs"][-1]["degenerate"] is None
+
+
+def test_the_best_epoch_is_never_a_collapsed_one_when_another_is_not():
+    from edgeclin.training import LoopState, is_better
+
+    collapsed_best = LoopState(best_epoch=1, best_score=0.6, best_degenerate=True)
+    assert is_better(collapsed_best, 0.3, degenerate=None)  # a real model beats any collapsed one
+    assert is_better(collapsed_best, 0.7, degenerate="one class") and not is_better(collapsed_best, 0.5, "one class")
+    healthy_best = LoopState(best_epoch=1, best_score=0.6, best_degenerate=False)
+    assert not is_better(healthy_best, 0.9, degenerate="one class")
+    assert is_better(healthy_best, 0.7, degenerate=None) and not is_better(healthy_best, 0.6, degenerate=None)
+    assert is_better(LoopState(), 0.0, degenerate="one class")  # the first epoch is always the best so far

@@ -4,8 +4,8 @@
   prediction from admission notes (MIMIC-III or MIMIC-IV-Note), as ``text,label`` CSV files.
 * ``edgeclin data i2b2`` (:mod:`edgeclin.builders.i2b2`): the i2b2/n2c2 2010, 2012 and 2014 NER
   releases as BIO-tagged JSONL (``{"tokens": [...], "tags": [...]}``).
-* :mod:`edgeclin.builders.fixtures`: tiny files in each release's format with invented text,
-  for tests (no real record is ever copied into this repository).
+* ``tests/builder_fixtures.py``: tiny files in each release's format with invented text, for
+  the tests (no real record is ever copied into this repository).
 
 This module holds what the builders share: opening plain or gzipped files as text streams,
 finding columns by name, a bytes-read progress bar, deterministic hashing for splits, and
@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from edgeclin.errors import EdgeclinError
-from edgeclin.runs import save_folder_atomically
+from edgeclin.files import OutputFolder
 
 SPLITS = ("train", "valid", "test")
 GZIP_MAGIC = b"\x1f\x8b"
@@ -141,17 +141,12 @@ def unit_interval(seed: int, key: str) -> float:
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
-def check_output(output: Path, overwrite: bool) -> None:
-    if output.exists() and not overwrite:
-        raise EdgeclinError(f"output folder {output} already exists (use --overwrite to replace it)")
-
-
 def write_atomically(output: Path, overwrite: bool, build: Callable[[Path], None]) -> None:
     """Fill a temporary folder with ``build(tmp)`` and rename it to ``output`` only when it succeeded:
     an interrupted or failed build never leaves a folder that looks finished."""
-    check_output(output, overwrite)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    save_folder_atomically(output, build)
+    with OutputFolder(output, overwrite) as folder:
+        build(folder.staging)
+        folder.publish()
 
 
 def command_line(argv: list[str] | None = None) -> str:

@@ -52,9 +52,12 @@ import json
 import math
 import re
 from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Any, NamedTuple
 
 from edgeclin.builders import (
     SPLITS,
@@ -70,13 +73,6 @@ from edgeclin.builders import (
 )
 from edgeclin.errors import EdgeclinError
 
-TASKS = {
-    "mp": "in-hospital mortality",
-    "los": "length of stay",
-    "dia": "diagnoses (3-character ICD codes, multi-label)",
-    "pro": "procedures (3-character ICD codes, multi-label)",
-}
-MULTI_LABEL = ("dia", "pro")
 SPLIT_BOUNDS = (("train", 0.7), ("valid", 0.8), ("test", 1.0))
 LOS_BUCKETS = ((3.0, "<=3d"), (7.0, "3-7d"), (14.0, "7-14d"), (math.inf, ">14d"))
 TOP_CODES = 20
@@ -215,12 +211,17 @@ def los_bucket(admit: datetime, discharge: datetime) -> str | None:
     return next(label for bound, label in LOS_BUCKETS if days <= bound)
 
 
+def _long_e_codes(kind: str, icd_version: int) -> bool:
+    """Whether E codes keep 4 characters: ICD-9 diagnoses (in ICD-10, E is a chapter like any other)."""
+    return kind == "diagnoses" and icd_version == 9
+
+
 def short_code(code: str, kind: str, icd_version: int) -> str | None:
     """A code's 3-character category (4 for ICD-9 E codes); None for an empty code."""
     code = code.strip().replace(".", "").upper()
     if not code:
         return None
-    if kind == "diagnoses" and icd_version == 9 and code.startswith("E"):
+    if _long_e_codes(kind, icd_version) and code.startswith("E"):
         return code[:4]
     return code[:3]
 
@@ -228,6 +229,122 @@ def short_code(code: str, kind: str, icd_version: int) -> str | None:
 def split_of(subject: int, seed: int) -> str:
     position = unit_interval(seed, f"mimic-subject-{subject}")
     return next(name for name, bound in SPLIT_BOUNDS if position < bound)
+
+
+class _AdmissionRow(NamedTuple):
+    """One row of the admissions table, as a task's label rule sees it."""
+
+    path: Path
+    line: int
+    cells: list[str]
+    col: dict[str, int]
+    header: list[str]
+    flag: str  # HOSPITAL_EXPIRE_FLAG: "0", "1" or ""
+
+    def time(self, column: str) -> datetime | None:
+        """A time column, parsed: only length of stay reads them, so a bad time fails that task alone."""
+        return _time_value(self.cells[self.col[column]], self.path, self.line, self.header[self.col[column]])
+
+
+AdmissionLabel = Callable[[_AdmissionRow], tuple[str | None, str | None]]  # -> (label, reason to drop)
+
+
+def _mortality_label(row: _AdmissionRow) -> tuple[str | None, str | None]:
+    """mp: the HOSPITAL_EXPIRE_FLAG itself."""
+    return row.flag or None, None if row.flag else "no HOSPITAL_EXPIRE_FLAG"
+
+
+def _length_of_stay_label(row: _AdmissionRow) -> tuple[str | None, str | None]:
+    """los: the stay's bucket. Deaths are left out (the stay was cut short), as in the paper."""
+    admit, discharge = row.time("ADMITTIME"), row.time("DISCHTIME")  # parsed first: a bad time fails even for a death
+    if row.flag == "1":
+        return None, "died in hospital (left out of length of stay, as in the paper)"
+    if admit is None or discharge is None:
+        return None, "no ADMITTIME or DISCHTIME"
+    label = los_bucket(admit, discharge)
+    return label, None if label else "discharge before admission (negative length of stay)"
+
+
+# ---------------------------------------------------------------- the tasks
+
+
+@dataclass(frozen=True)
+class CodeTable:
+    """A code table that labels a multi-label task: DIAGNOSES_ICD or PROCEDURES_ICD."""
+
+    name: str  # "diagnoses" or "procedures": build_mimic's keyword, and the kind short_code takes
+    noun: str  # what one code names, in messages: "diagnosis", "procedure"
+
+    @property
+    def option(self) -> str:
+        """The command-line option that gives the table: ``--diagnoses``."""
+        return f"--{self.name}"
+
+    @property
+    def table(self) -> str:
+        """The table's name in the MIMIC releases: ``DIAGNOSES_ICD``."""
+        return f"{self.name.upper()}_ICD"
+
+    def rule(self, icd_version: int) -> str:
+        """How short_code reduces a code to its category, in the README's words."""
+        return "first 3 characters; E codes 4" if _long_e_codes(self.name, icd_version) else "first 3 characters"
+
+
+@dataclass(frozen=True)
+class MimicTask:
+    """One of the four tasks: where its label comes from, and how the README describes it."""
+
+    name: str
+    description: str
+    code_table: CodeTable | None = None  # the table whose codes label it (multi-label); else the admissions table
+    admission_label: AdmissionLabel | None = None  # mp/los: the label of an admission row (not a newborn)
+    label_sentence: str = ""  # mp/los: the README's "Label: ..." sentence (a code task's names its ICD version)
+    label_order: tuple[str, ...] = ()  # the README's order of the labels; sorted when empty
+
+    @property
+    def multi_label(self) -> bool:
+        """Whether a row holds a set of codes (``;``-joined) rather than one class."""
+        return self.code_table is not None
+
+    def label_of(self, row: _AdmissionRow) -> tuple[str | None, str | None]:
+        """(label, reason to drop) of an admission row; (None, None) when the codes give the label."""
+        return self.admission_label(row) if self.admission_label is not None else (None, None)
+
+    def readme_label(self, icd_version: int) -> str:
+        """The README's sentence on what a label is."""
+        if self.code_table is None:
+            return self.label_sentence
+        rule = self.code_table.rule(icd_version)
+        return (f"Label: the admission's ICD-{icd_version} {self.code_table.noun} codes, reduced to categories "
+                f"({rule}), sorted and `;`-separated: a multi-label task.")
+
+    def sorted_labels(self, labels: Iterable[str]) -> list[str]:
+        """Labels in the README's order."""
+        if self.label_order:
+            return sorted(labels, key=self.label_order.index)
+        return sorted(labels)
+
+
+DIAGNOSES = CodeTable("diagnoses", "diagnosis")
+PROCEDURES = CodeTable("procedures", "procedure")
+TASKS: dict[str, MimicTask] = {task.name: task for task in (
+    MimicTask("mp", "in-hospital mortality", admission_label=_mortality_label,
+              label_sentence="Label: `1` if the patient died in hospital (`HOSPITAL_EXPIRE_FLAG`), else `0`."),
+    MimicTask("los", "length of stay", admission_label=_length_of_stay_label,
+              label_sentence="Label: length of stay (discharge minus admission time, in days rounded to 0.1), "
+                             "upper bounds included: `<=3d`, `3-7d` (over 3, up to 7 days), `7-14d`, `>14d`.",
+              label_order=tuple(label for _, label in LOS_BUCKETS)),
+    MimicTask("dia", "diagnoses (3-character ICD codes, multi-label)", code_table=DIAGNOSES),
+    MimicTask("pro", "procedures (3-character ICD codes, multi-label)", code_table=PROCEDURES),
+)}
+
+
+def _task_named(name: str) -> MimicTask:
+    """The task of a --task value; a clear error for an unknown one."""
+    if name not in TASKS:
+        names = list(TASKS)
+        raise EdgeclinError(f"unknown task {name!r} (choose {', '.join(names[:-1])} or {names[-1]})")
+    return TASKS[name]
 
 
 # ---------------------------------------------------------------- file formats
@@ -354,8 +471,21 @@ class Counts:
     row_subjects: dict[str, list[int]] = field(default_factory=lambda: {"valid": [], "test": []})
     unseen: Counter = field(default_factory=Counter)  # what that pass removed
 
+    def add_row(self, split: str, subject: int, label: str, multi_label: bool) -> None:
+        """Count one row written to a split: its patient, and its label (or each of its codes)."""
+        self.rows[split] += 1
+        self.patients[split].add(subject)
+        if multi_label:
+            if split != "train":
+                self.row_subjects[split].append(subject)
+            parts = label.split(";")
+            self.labels[split].update(parts)
+            self.codes_per_row[split] += len(parts)
+        else:
+            self.labels[split][label] += 1
 
-def _read_admissions(path: Path, task: str, progress: bool) -> dict[int, tuple[int, str | None, str | None]]:
+
+def _read_admissions(path: Path, task: MimicTask, progress: bool) -> dict[int, tuple[int, str | None, str | None]]:
     """HADM_ID -> (SUBJECT_ID, label or None, reason to drop or None). Labels for mp and los only."""
     admissions: dict[int, tuple[int, str | None, str | None]] = {}
     with open_csv(path) as (reader, header, raw), byte_progress(path, raw, "admissions", progress) as update:
@@ -377,22 +507,10 @@ def _read_admissions(path: Path, task: str, progress: bool) -> dict[int, tuple[i
                 if flag not in ("0", "1", ""):
                     raise EdgeclinError(f"{path}, line {line}, column {header[col['HOSPITAL_EXPIRE_FLAG']]}: "
                                         f"expected 0 or 1, got {flag[:40]!r}")
-                label = reason = None
                 if row[col["ADMISSION_TYPE"]].strip().upper() == "NEWBORN":
-                    reason = "newborn admission (left out, as in the paper)"
-                elif task == "mp":
-                    label = flag or None
-                    reason = None if flag else "no HOSPITAL_EXPIRE_FLAG"
-                elif task == "los":
-                    admit = _time_value(row[col["ADMITTIME"]], path, line, header[col["ADMITTIME"]])
-                    discharge = _time_value(row[col["DISCHTIME"]], path, line, header[col["DISCHTIME"]])
-                    if flag == "1":
-                        reason = "died in hospital (left out of length of stay, as in the paper)"
-                    elif admit is None or discharge is None:
-                        reason = "no ADMITTIME or DISCHTIME"
-                    else:
-                        label = los_bucket(admit, discharge)
-                        reason = None if label else "discharge before admission (negative length of stay)"
+                    label, reason = None, "newborn admission (left out, as in the paper)"
+                else:
+                    label, reason = task.label_of(_AdmissionRow(path, line, row, col, header, flag))
                 admissions[hadm] = (subject, label, reason)
         except csv.Error as exc:
             raise EdgeclinError(f"{path}, line {reader.line_num}: malformed CSV ({exc})") from None
@@ -401,7 +519,7 @@ def _read_admissions(path: Path, task: str, progress: bool) -> dict[int, tuple[i
     return admissions
 
 
-def _read_codes(path: Path, kind: str, version: str, icd_version: int,
+def _read_codes(path: Path, table: CodeTable, version: str, icd_version: int,
                 progress: bool) -> tuple[dict[int, str], set[int], int]:
     """HADM_ID -> the sorted, ;-joined set of short codes; plus the admissions that only had
     codes of the other ICD version (MIMIC-IV), and the number of code rows used."""
@@ -409,10 +527,9 @@ def _read_codes(path: Path, kind: str, version: str, icd_version: int,
     distinct: dict[str, str] = {}
     other_version: set[int] = set()
     used = 0
-    with open_csv(path) as (reader, header, raw), byte_progress(path, raw, kind, progress) as update:
+    with open_csv(path) as (reader, header, raw), byte_progress(path, raw, table.name, progress) as update:
         names = ("HADM_ID", "ICD9_CODE") if version == "iii" else ("HADM_ID", "icd_code", "icd_version")
-        what = f"a {RELEASE[version]} {'DIAGNOSES_ICD' if kind == 'diagnoses' else 'PROCEDURES_ICD'} file"
-        col = find_columns(path, header, names, what)
+        col = find_columns(path, header, names, f"a {RELEASE[version]} {table.table} file")
         code_col = col[names[1]]
         try:
             for row in reader:
@@ -433,7 +550,7 @@ def _read_codes(path: Path, kind: str, version: str, icd_version: int,
                     if int(row_version) != icd_version:
                         other_version.add(hadm)
                         continue
-                code = short_code(row[code_col], kind, icd_version)
+                code = short_code(row[code_col], table.name, icd_version)
                 if code is None:
                     continue
                 # one string object per distinct code (a few thousand), not one per row (millions)
@@ -474,80 +591,188 @@ def build_mimic(
     command: str | None = None,
 ) -> MimicResult:
     """Build one van Aken et al. task as ``output/{train,valid,test}.csv`` plus README.md and build.json."""
-    if task not in TASKS:
-        raise EdgeclinError(f"unknown task {task!r} (choose mp, los, dia or pro)")
+    spec = _task_named(task)
     if version not in ("auto", "iii", "iv"):
         raise EdgeclinError(f"unknown --version {version!r} (auto, iii or iv)")
     notes, admissions, output = Path(notes), Path(admissions), Path(output)
-    codes: Path | None = None
-    if task in MULTI_LABEL:
-        option, given = ("--diagnoses", diagnoses) if task == "dia" else ("--procedures", procedures)
-        if given is None:
-            table = "DIAGNOSES_ICD" if task == "dia" else "PROCEDURES_ICD"
-            raise EdgeclinError(f"--task {task} needs the {table} table: give it with {option}")
-        codes = Path(given)
+    codes = _code_table_path(spec, diagnoses, procedures)
     if output.exists() and not overwrite:
         raise EdgeclinError(f"output folder {output} already exists (use --overwrite to replace it)")
     version = detect_version(notes, admissions, codes, version)
     if version == "iii" and icd_version != 9:
         raise EdgeclinError("MIMIC-III is coded in ICD-9 only: --icd-version 10 needs MIMIC-IV")
-    kind = "diagnoses" if task == "dia" else "procedures"
 
-    admission_table = _read_admissions(admissions, task, progress)
-    code_labels: dict[int, str] = {}
-    other_version: set[int] = set()
-    code_rows = 0
-    if codes is not None:
-        code_labels, other_version, code_rows = _read_codes(codes, kind, version, icd_version, progress)
+    admission_table = _read_admissions(admissions, spec, progress)
+    code_labels, other_version, code_rows = _read_task_codes(spec, codes, version, icd_version, progress)
     counts = Counts()
     sources = [notes, admissions] + ([codes] if codes else [])
 
     def build(folder: Path) -> None:
-        _stream_notes(notes, version, task, seed, admission_table, code_labels, other_version, counts, folder,
+        _stream_notes(notes, version, spec, seed, admission_table, code_labels, other_version, counts, folder,
                       progress)
-        total = sum(counts.rows.values())
-        if total == 0:
-            hint = ""
-            if counts.notes["HADM_ID not in the admissions file"]:
-                hint = ": no discharge summary's HADM_ID is in the admissions file; are they from the same release?"
-            raise EdgeclinError(f"{notes}: no admission could be built{hint} "
-                                f"({counts.notes['rows read']} notes read, "
-                                f"{counts.notes['discharge summaries']} discharge summaries)")
-        if task in MULTI_LABEL and not keep_unseen_codes:
+        _check_built(notes, counts)
+        remove_unseen = spec.multi_label and not keep_unseen_codes
+        if remove_unseen:
             _remove_unseen_codes(folder, counts)
         record = {
-            "task": task, "description": TASKS[task], "release": RELEASE[version], "seed": seed,
-            "icd_version": icd_version if task in MULTI_LABEL else None,
+            "task": spec.name, "description": spec.description, "release": RELEASE[version], "seed": seed,
+            "icd_version": icd_version if spec.multi_label else None,
             "command": command or command_line(),
             "sources": {str(path): path.stat().st_size for path in sources},
             "admissions_in_table": len(admission_table), "code_rows_used": code_rows if codes else None,
-            "rows": {name: counts.rows[name] for name in SPLITS},
-            "patients": {name: len(counts.patients[name]) for name in SPLITS},
-            "labels": {name: dict(sorted(counts.labels[name].items())) for name in SPLITS},
-            "unseen_codes_removed": dict(counts.unseen) if task in MULTI_LABEL and not keep_unseen_codes else None,
+            **_count_record(counts),
+            "unseen_codes_removed": dict(counts.unseen) if remove_unseen else None,
             "dropped_admissions": dict(counts.dropped.most_common()),
             "notes": dict(counts.notes),
         }
         (folder / "build.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-        (folder / "README.md").write_text(_readme(record, counts, sources, output), encoding="utf-8")
+        (folder / "README.md").write_text(_readme(spec, record, counts, sources, output), encoding="utf-8")
 
     write_atomically(output, overwrite, build)
     return MimicResult(output=output, version=version, rows={name: counts.rows[name] for name in SPLITS},
                        dropped=dict(counts.dropped))
 
 
-def _stream_notes(notes: Path, version: str, task: str, seed: int,
-                  admissions: dict[int, tuple[int, str | None, str | None]], code_labels: dict[int, str],
-                  other_version: set[int], counts: Counts, folder: Path, progress: bool) -> None:
-    """Read the notes file once, row by row, writing each usable admission straight to its split."""
-    fmt = NOTES_FORMATS[version]
-    settled: set[int] = set()  # admissions written, or dropped for a reason of the admission itself
-    without_sections: set[int] = set()
+def _code_table_path(task: MimicTask, diagnoses: str | Path | None, procedures: str | Path | None) -> Path | None:
+    """The code table a task's labels come from (None for mp and los); an error when it was not given."""
+    if task.code_table is None:
+        return None
+    given = {DIAGNOSES.name: diagnoses, PROCEDURES.name: procedures}[task.code_table.name]
+    if given is None:
+        raise EdgeclinError(f"--task {task.name} needs the {task.code_table.table} table: "
+                            f"give it with {task.code_table.option}")
+    return Path(given)
+
+
+def _read_task_codes(task: MimicTask, codes: Path | None, version: str, icd_version: int,
+                     progress: bool) -> tuple[dict[int, str], set[int], int]:
+    """A dia/pro task's code labels, as _read_codes gives them; nothing for mp and los."""
+    if codes is None or task.code_table is None:
+        return {}, set(), 0
+    return _read_codes(codes, task.code_table, version, icd_version, progress)
+
+
+def _check_built(notes: Path, counts: Counts) -> None:
+    """Fail, with a hint where one helps, when no admission made it into any split."""
+    if sum(counts.rows.values()):
+        return
+    hint = ""
+    if counts.notes["HADM_ID not in the admissions file"]:
+        hint = ": no discharge summary's HADM_ID is in the admissions file; are they from the same release?"
+    raise EdgeclinError(f"{notes}: no admission could be built{hint} "
+                        f"({counts.notes['rows read']} notes read, "
+                        f"{counts.notes['discharge summaries']} discharge summaries)")
+
+
+def _count_record(counts: Counts) -> dict[str, dict]:
+    """build.json's rows, patients and labels per split."""
+    return {
+        "rows": {name: counts.rows[name] for name in SPLITS},
+        "patients": {name: len(counts.patients[name]) for name in SPLITS},
+        "labels": {name: dict(sorted(counts.labels[name].items())) for name in SPLITS},
+    }
+
+
+# ---------------------------------------------------------------- streaming the notes
+
+
+@contextmanager
+def _split_writers(folder: Path) -> Iterator[dict[str, Any]]:
+    """A CSV writer per split, its header row written; the files are closed however the block ends."""
     handles = {name: (folder / f"{name}.csv").open("w", newline="", encoding="utf-8") for name in SPLITS}
     try:
         writers = {name: csv.writer(handle) for name, handle in handles.items()}
         for writer in writers.values():
             writer.writerow(["text", "label"])
+        yield writers
+    finally:
+        for handle in handles.values():
+            handle.close()
+
+
+def _is_report(row: list[str], col: dict[str, int], version: str, counts: Counts) -> bool:
+    """Whether a notes row is a discharge summary's report, the only notes used; counts what is skipped."""
+    if version == "iii":
+        if row[col["CATEGORY"]].strip() != "Discharge summary":
+            return False
+        counts.notes["discharge summaries"] += 1
+        if row[col["DESCRIPTION"]].strip() != "Report":
+            counts.notes["addenda skipped (only reports are used)"] += 1
+            return False
+        if row[col["ISERROR"]].strip() == "1":
+            counts.notes["reports marked ISERROR, skipped"] += 1
+            return False
+        return True
+    if row[col["note_type"]].strip() != "DS":
+        return False
+    counts.notes["discharge summaries"] += 1
+    return True
+
+
+@dataclass
+class _AdmissionWriter:
+    """Takes the reports in file order and writes each admission's row to its split, once."""
+
+    task: MimicTask
+    seed: int
+    admissions: dict[int, tuple[int, str | None, str | None]]
+    code_labels: dict[int, str]
+    other_version: set[int]
+    counts: Counts
+    writers: dict[str, Any]
+    # admissions written, or dropped for a reason of the admission itself
+    settled: set[int] = field(default_factory=set)
+    without_sections: set[int] = field(default_factory=set)
+
+    def take(self, hadm: int, note: str) -> None:
+        """One report of admission ``hadm``: write its row, or count why not."""
+        counts = self.counts
+        if hadm in self.settled:
+            counts.notes["further reports of an admission already used or dropped"] += 1
+            return
+        admission = self.admissions.get(hadm)
+        if admission is None:
+            counts.notes["HADM_ID not in the admissions file"] += 1
+            return
+        subject, label, reason = admission
+        if reason is None and self.task.code_table is not None:
+            label, reason = self._code_label(hadm, self.task.code_table)
+        if reason is not None:
+            counts.dropped[reason] += 1
+            self.settled.add(hadm)
+            return
+        text = admission_text(note)
+        if text is None:
+            self.without_sections.add(hadm)
+            return
+        split = split_of(subject, self.seed)
+        self.writers[split].writerow([text, label])
+        self.settled.add(hadm)
+        counts.add_row(split, subject, label, self.task.multi_label)  # type: ignore[arg-type]
+
+    def _code_label(self, hadm: int, table: CodeTable) -> tuple[str | None, str | None]:
+        """(the admission's codes, None), or (None, why it has none)."""
+        label = self.code_labels.get(hadm)
+        if label is not None:
+            return label, None
+        if hadm in self.other_version:
+            return None, "coded in the other ICD version only (see --icd-version)"
+        return None, f"no {table.noun} codes"
+
+    def finish(self) -> None:
+        """Count the admissions none of whose reports had an admission-time section."""
+        never = self.without_sections - self.settled
+        if never:
+            self.counts.dropped["no chief complaint, present illness or medical history section"] = len(never)
+
+
+def _stream_notes(notes: Path, version: str, task: MimicTask, seed: int,
+                  admissions: dict[int, tuple[int, str | None, str | None]], code_labels: dict[int, str],
+                  other_version: set[int], counts: Counts, folder: Path, progress: bool) -> None:
+    """Read the notes file once, row by row, writing each usable admission straight to its split."""
+    fmt = NOTES_FORMATS[version]
+    with _split_writers(folder) as writers:
+        sink = _AdmissionWriter(task, seed, admissions, code_labels, other_version, counts, writers)
         with open_csv(notes) as (reader, header, raw), \
                 byte_progress(notes, raw, f"{notes.name}", progress) as update:
             col = find_columns(notes, header, fmt.columns, fmt.what)
@@ -562,69 +787,18 @@ def _stream_notes(notes: Path, version: str, task: str, seed: int,
                             continue
                         raise EdgeclinError(f"{notes}, line {reader.line_num}: {len(row)} fields, but the header "
                                             f"has {len(header)} (a quoted TEXT field cut short?)")
-                    if version == "iii":
-                        if row[col["CATEGORY"]].strip() != "Discharge summary":
-                            continue
-                        counts.notes["discharge summaries"] += 1
-                        if row[col["DESCRIPTION"]].strip() != "Report":
-                            counts.notes["addenda skipped (only reports are used)"] += 1
-                            continue
-                        if row[col["ISERROR"]].strip() == "1":
-                            counts.notes["reports marked ISERROR, skipped"] += 1
-                            continue
-                    else:
-                        if row[col["note_type"]].strip() != "DS":
-                            continue
-                        counts.notes["discharge summaries"] += 1
+                    if not _is_report(row, col, version, counts):
+                        continue
                     hadm = _int_value(row[hadm_col], notes, reader.line_num, header[hadm_col])
                     if hadm is None:
                         counts.notes["reports without HADM_ID, skipped"] += 1
                         continue
-                    if hadm in settled:
-                        counts.notes["further reports of an admission already used or dropped"] += 1
-                        continue
-                    admission = admissions.get(hadm)
-                    if admission is None:
-                        counts.notes["HADM_ID not in the admissions file"] += 1
-                        continue
-                    subject, label, reason = admission
-                    if reason is None and task in MULTI_LABEL:
-                        label = code_labels.get(hadm)
-                        if label is None:
-                            kind = "diagnosis" if task == "dia" else "procedure"
-                            reason = ("coded in the other ICD version only (see --icd-version)"
-                                      if hadm in other_version else f"no {kind} codes")
-                    if reason is not None:
-                        counts.dropped[reason] += 1
-                        settled.add(hadm)
-                        continue
-                    text = admission_text(row[text_col])
-                    if text is None:
-                        without_sections.add(hadm)
-                        continue
-                    split = split_of(subject, seed)
-                    writers[split].writerow([text, label])
-                    settled.add(hadm)
-                    counts.rows[split] += 1
-                    counts.patients[split].add(subject)
-                    if task in MULTI_LABEL:
-                        if split != "train":
-                            counts.row_subjects[split].append(subject)
-                        parts = label.split(";")  # type: ignore[union-attr]
-                        counts.labels[split].update(parts)
-                        counts.codes_per_row[split] += len(parts)
-                    else:
-                        counts.labels[split][label] += 1
+                    sink.take(hadm, row[text_col])
             except csv.Error as exc:
                 raise EdgeclinError(f"{notes}, line {reader.line_num}: malformed CSV ({exc})") from None
             except (EOFError, OSError) as exc:  # a truncated or corrupt .gz
                 raise EdgeclinError(f"{notes}, line {reader.line_num}: cannot read further ({exc})") from None
-    finally:
-        for handle in handles.values():
-            handle.close()
-    never = without_sections - settled
-    if never:
-        counts.dropped["no chief complaint, present illness or medical history section"] = len(never)
+    sink.finish()
 
 
 def _remove_unseen_codes(folder: Path, counts: Counts) -> None:
@@ -659,10 +833,20 @@ def _remove_unseen_codes(folder: Path, counts: Counts) -> None:
         tmp.replace(path)
 
 
-def _readme(record: dict, counts: Counts, sources: list[Path], output: Path) -> str:
-    task = record["task"]
-    multi = task in MULTI_LABEL
-    lines = [
+# ---------------------------------------------------------------- the README
+
+
+def _readme(task: MimicTask, record: dict, counts: Counts, sources: list[Path], output: Path) -> str:
+    """The README.md of a built folder: the task, how it was built, the counts and what was left out."""
+    lines = _readme_intro(task, record, sources) + _readme_rows(record) + ["## Labels", ""]
+    lines += _readme_code_labels(record, counts) if task.multi_label else _readme_class_labels(task, counts)
+    lines += _readme_left_out(record, counts) + _readme_train(task, output)
+    return "\n".join(lines)
+
+
+def _readme_intro(task: MimicTask, record: dict, sources: list[Path]) -> list[str]:
+    """The title, the command and sources, what a row holds, and the split."""
+    return [
         f"# {record['release']}: {record['description']}, from admission notes",
         "",
         "Built by edgeclin (`edgeclin data mimic`) with:",
@@ -678,76 +862,75 @@ def _readme(record: dict, counts: Counts, sources: list[Path], output: Path) -> 
         "medications, diagnoses and instructions) is left out. How sections are found, and every other",
         "choice, is documented in `edgeclin/builders/mimic.py`.",
         "",
-    ]
-    if task == "mp":
-        lines.append("Label: `1` if the patient died in hospital (`HOSPITAL_EXPIRE_FLAG`), else `0`.")
-    elif task == "los":
-        lines.append("Label: length of stay (discharge minus admission time, in days rounded to 0.1), "
-                     "upper bounds included: `<=3d`, `3-7d` (over 3, up to 7 days), `7-14d`, `>14d`.")
-    else:
-        kind = "diagnosis" if task == "dia" else "procedure"
-        version = record["icd_version"]
-        rule = ("first 3 characters; E codes 4" if task == "dia" and version == 9 else "first 3 characters")
-        lines.append(f"Label: the admission's ICD-{version} {kind} codes, reduced to categories ({rule}), "
-                     "sorted and `;`-separated: a multi-label task.")
-    lines += [
+        task.readme_label(record["icd_version"]),
         "",
         f"Split by patient (`SUBJECT_ID`), 70/10/20 by a hash of the patient id and seed {record['seed']}: "
         "no patient is in two splits.",
         "",
-        "## Rows",
-        "",
     ]
+
+
+def _readme_rows(record: dict) -> list[str]:
+    """Admissions and patients per split, with a warning for an empty split."""
     rows = [[name, f"{record['rows'][name]:,}", f"{record['patients'][name]:,}"] for name in SPLITS]
     rows.append(["total", f"{sum(record['rows'].values()):,}", f"{sum(record['patients'].values()):,}"])
-    lines += [markdown_table(["split", "admissions", "patients"], rows), ""]
+    lines = ["## Rows", "", markdown_table(["split", "admissions", "patients"], rows), ""]
     empty = [name for name in SPLITS if not record["rows"][name]]
     if empty:
         lines += [f"**Warning:** no admission in {', '.join(empty)}: too few patients for a 70/10/20 split.", ""]
-    lines += ["## Labels", ""]
-    if multi:
-        train_codes = set(counts.labels["train"])
-        rows = []
+    return lines
+
+
+def _readme_code_labels(record: dict, counts: Counts) -> list[str]:
+    """dia/pro: codes per split, the most frequent codes, and the codes taken out for not being in train."""
+    train_codes = set(counts.labels["train"])
+    rows = []
+    for name in SPLITS:
+        n = counts.rows[name]
+        mean = counts.codes_per_row[name] / n if n else 0.0
+        unseen = len(set(counts.labels[name]) - train_codes) if name != "train" else 0
+        rows.append([name, f"{len(counts.labels[name]):,}", f"{mean:.1f}", f"{unseen:,}"])
+    lines = [markdown_table(["split", "distinct codes", "codes per admission", "codes not in train"], rows),
+             "", f"The {TOP_CODES} most frequent codes (admissions with the code):", ""]
+    total = Counter()
+    for name in SPLITS:
+        total.update(counts.labels[name])
+    rows = [[code, *(f"{counts.labels[name][code]:,}" for name in SPLITS)] for code, _ in total.most_common(TOP_CODES)]
+    lines += [markdown_table(["code", *SPLITS], rows), "", "Every code's count per split is in `build.json`.", ""]
+    removed = record["unseen_codes_removed"]
+    if removed is None:
+        return [*lines, "Codes that never occur in train were kept in valid/test labels (`--keep-unseen-codes`).", ""]
+    return [*lines, "Codes that never occur in train were taken out of the valid and test labels (no classifier "
+            "output exists for them); an admission left with no code was dropped:", "",
+            markdown_table(["", "count"], [[what, f"{n:,}"] for what, n in sorted(removed.items())]), ""]
+
+
+def _readme_class_labels(task: MimicTask, counts: Counts) -> list[str]:
+    """mp/los: each label's admissions (and share) per split."""
+    rows = []
+    for label in task.sorted_labels({label for name in SPLITS for label in counts.labels[name]}):
+        cells = []
         for name in SPLITS:
             n = counts.rows[name]
-            mean = counts.codes_per_row[name] / n if n else 0.0
-            unseen = len(set(counts.labels[name]) - train_codes) if name != "train" else 0
-            rows.append([name, f"{len(counts.labels[name]):,}", f"{mean:.1f}", f"{unseen:,}"])
-        lines += [markdown_table(["split", "distinct codes", "codes per admission", "codes not in train"], rows),
-                  "", f"The {TOP_CODES} most frequent codes (admissions with the code):", ""]
-        total = Counter()
-        for name in SPLITS:
-            total.update(counts.labels[name])
-        rows = [[code, *(f"{counts.labels[name][code]:,}" for name in SPLITS)]
-                for code, _ in total.most_common(TOP_CODES)]
-        lines += [markdown_table(["code", *SPLITS], rows), "",
-                  "Every code's count per split is in `build.json`.", ""]
-        removed = record["unseen_codes_removed"]
-        if removed is None:
-            lines += ["Codes that never occur in train were kept in valid/test labels (`--keep-unseen-codes`).", ""]
-        else:
-            lines += ["Codes that never occur in train were taken out of the valid and test labels (no classifier "
-                      "output exists for them); an admission left with no code was dropped:", "",
-                      markdown_table(["", "count"], [[what, f"{n:,}"] for what, n in sorted(removed.items())]), ""]
-    else:
-        labels = sorted({label for name in SPLITS for label in counts.labels[name]},
-                        key=lambda label: [b for _, b in LOS_BUCKETS].index(label) if task == "los" else label)
-        rows = []
-        for label in labels:
-            cells = []
-            for name in SPLITS:
-                n = counts.rows[name]
-                k = counts.labels[name][label]
-                cells.append(f"{k:,} ({100 * k / n:.1f}%)" if n else "0")
-            rows.append([f"`{label}`", *cells])
-        lines += [markdown_table(["label", *SPLITS], rows), ""]
-    lines += ["## Left out", "", f"Admissions in the admissions table: {record['admissions_in_table']:,}. "
-              "Admissions with a discharge summary that were left out, and why:", ""]
+            k = counts.labels[name][label]
+            cells.append(f"{k:,} ({100 * k / n:.1f}%)" if n else "0")
+        rows.append([f"`{label}`", *cells])
+    return [markdown_table(["label", *SPLITS], rows), ""]
+
+
+def _readme_left_out(record: dict, counts: Counts) -> list[str]:
+    """The admissions left out, by reason, and what happened to the rows of the notes file."""
+    lines = ["## Left out", "", f"Admissions in the admissions table: {record['admissions_in_table']:,}. "
+             "Admissions with a discharge summary that were left out, and why:", ""]
     dropped = [[reason, f"{n:,}"] for reason, n in counts.dropped.most_common()] or [["(none)", "0"]]
     lines += [markdown_table(["reason", "admissions"], dropped), "", "Rows of the notes file:", ""]
-    lines += [markdown_table(["", "notes"], [[what, f"{n:,}"] for what, n in counts.notes.items()]), ""]
-    flags = " --multi-label" if multi else ""
-    lines += [
+    return [*lines, markdown_table(["", "notes"], [[what, f"{n:,}"] for what, n in counts.notes.items()]), ""]
+
+
+def _readme_train(task: MimicTask, output: Path) -> list[str]:
+    """How to train on the folder, and the data use agreement."""
+    flags = " --multi-label" if task.multi_label else ""
+    return [
         "## Train",
         "",
         "Discharge-summary sections are long; 512 tokens holds most of them:",
@@ -760,4 +943,3 @@ def _readme(record: dict, counts: Counts, sources: list[Path], output: Path) -> 
         "source files may be kept, and do not share it.",
         "",
     ]
-    return "\n".join(lines)

@@ -11,10 +11,10 @@ not from the builder's code).
 
 Command line (used by ``benchmarks/mimic_streaming.py``)::
 
-    python -m edgeclin.builders.fixtures mimic-iii DIR          # small MIMIC-III tables
-    python -m edgeclin.builders.fixtures mimic-iv DIR
-    python -m edgeclin.builders.fixtures i2b2 --year 2014 DIR
-    python -m edgeclin.builders.fixtures mimic-large --size-mb 1024 DIR   # NOTEEVENTS of ~1 GB
+    python tests/builder_fixtures.py mimic-iii DIR          # small MIMIC-III tables
+    python tests/builder_fixtures.py mimic-iv DIR
+    python tests/builder_fixtures.py i2b2 --year 2014 DIR
+    python tests/builder_fixtures.py mimic-large --size-mb 1024 DIR   # NOTEEVENTS of ~1 GB
 """
 
 from __future__ import annotations
@@ -679,7 +679,7 @@ def write_i2b2(folder: Path, year: int, documents: int = 12, seed: int = 0) -> I
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m edgeclin.builders.fixtures",
+    parser = argparse.ArgumentParser(prog="python tests/builder_fixtures.py",
                                      description="Write SYNTHETIC files in the MIMIC and i2b2 release formats.")
     commands = parser.add_subparsers(dest="command", required=True)
     for name in ("mimic-iii", "mimic-iv"):
