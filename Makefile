@@ -28,7 +28,8 @@ $(STAMP): pyproject.toml
 		$(BIN)/python -m pip install -q torch==2.13.0 || \
 		$(BIN)/python -m pip install -q torch --index-url $(TORCH_CPU_INDEX); \
 	fi
-	$(BIN)/python -m pip install -q -e '.[dev,openvino,sweep]'
+	# setuptools warns about every editable install, which users cannot act on
+	PYTHONWARNINGS=ignore $(BIN)/python -m pip install -q -e '.[dev,openvino,sweep,serve,spark,loadtest]'
 	touch $(STAMP)
 
 # The whole path on the built-in model and synthetic notes, offline: train LoRA (prints test
@@ -38,9 +39,15 @@ demo: $(STAMP)
 	$(BIN)/edgeclin train --output runs/demo --overwrite
 	$(BIN)/edgeclin export runs/demo --int8 --output export/demo --overwrite
 	$(BIN)/edgeclin demo-data data/demo
-	$(BIN)/edgeclin predict export/demo --data data/demo/test.csv --output runs/demo-predictions.csv
+	$(BIN)/edgeclin predict export/demo --data data/demo/test.csv --output runs/demo-predictions.csv --overwrite
 	$(BIN)/edgeclin bench runs/demo export/demo --baseline runs/demo --data data/demo --batch-sizes 1,8 \
-		--seq-lens 128 --threads 1 --warmup 5 --runs 50 --out bench/demo --quiet
+		--seq-lens 128 --threads 1 --warmup 5 --runs 50 --out bench/demo --overwrite --quiet
+	@echo ""
+	@echo "demo done:"
+	@echo "  run (adapter, metrics, model card)  runs/demo/"
+	@echo "  bundle (int8 ONNX, manifest)        export/demo/"
+	@echo "  predictions of the test notes       runs/demo-predictions.csv"
+	@echo "  bench report                        bench/demo/report.md"
 
 test: $(STAMP)
 	$(BIN)/ruff check edgeclin tests benchmarks

@@ -14,6 +14,8 @@ defaults live here and nowhere else.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import os
 from dataclasses import asdict, dataclass, field, fields
@@ -250,6 +252,8 @@ class BundleManifest:
     git_commit: str | None = None
     created: str = ""
     format_version: int = BUNDLE_FORMAT
+    signature: dict | None = None  # HMAC of the content with a key the exporting hospital keeps
+    manifest_sha256: str = ""  # of the canonical content: every value that decides a prediction
     extra: dict = field(default_factory=dict)
 
     def graph_precisions(self) -> dict[str, str]:
@@ -266,8 +270,9 @@ class BundleManifest:
         values = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("extra", "input", "columns")}
         values.update(max_length=self.input.max_length, truncation=self.input.truncation,
                       text_pair=self.input.text_pair, columns=_columns_record(self.columns, self.task))
-        if self.threshold is None:
-            del values["threshold"]
+        for optional in ("threshold", "signature"):
+            if values[optional] is None:
+                del values[optional]
         return {**self.extra, **values}
 
     @classmethod
@@ -284,8 +289,41 @@ class BundleManifest:
     def read(cls, folder: Path) -> BundleManifest:
         return cls.from_dict(read_json(Path(folder) / MANIFEST))
 
-    def write(self, folder: Path) -> None:
+    def write(self, folder: Path, key: bytes | None = None) -> None:
+        """Write with the digest of its content, signed with ``key`` when one is given."""
+        content = {k: v for k, v in self.to_dict().items() if k not in UNSIGNED}
+        content = json.loads(json.dumps(content, default=str))  # exactly what a reader will see
+        self.signature = {"algorithm": "hmac-sha256", "value": sign(content, key)} if key else None
+        self.manifest_sha256 = content_digest(content)
         write_json(Path(folder) / MANIFEST, self.to_dict())
+
+
+UNSIGNED = ("manifest_sha256", "signature")  # the checks themselves
+
+
+def content_digest(content: dict) -> str:
+    return hashlib.sha256(canonical_json(content).encode()).hexdigest()
+
+
+def sign(content: dict, key: bytes) -> str:
+    return hmac.new(key, canonical_json(content).encode(), hashlib.sha256).hexdigest()
+
+
+def check_manifest(manifest: dict, where: Path, key: bytes | None = None) -> None:
+    """The manifest as written by export: its digest matches, and its signature when a key is given."""
+    content = {k: v for k, v in manifest.items() if k not in UNSIGNED}
+    if not manifest.get("manifest_sha256"):
+        raise EdgeclinError(f"{where}: the manifest has no digest (written by an older edgeclin?); export again")
+    if not hmac.compare_digest(str(manifest["manifest_sha256"]), content_digest(content)):
+        raise EdgeclinError(f"{where} has changed since export (its content no longer matches its digest)")
+    if key is None:
+        return
+    signature = manifest.get("signature") or {}
+    if signature.get("algorithm") != "hmac-sha256":
+        raise EdgeclinError(f"{where} is not signed, but a signing key was given: it cannot be proven to be the "
+                            "validated bundle")
+    if not hmac.compare_digest(str(signature.get("value", "")), sign(content, key)):
+        raise EdgeclinError(f"{where}: the signature does not match this key (signed with another key, or changed)")
 
 
 def _columns_record(columns: Columns, task: str) -> dict:

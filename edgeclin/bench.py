@@ -29,7 +29,9 @@ from edgeclin.bench_report import compare, write_outputs
 from edgeclin.encoding import length_sorted_batches, pad_arrays
 from edgeclin.engines import BACKENDS, FP32_MODEL_FILE, Candidate, candidates, get_backend
 from edgeclin.errors import EdgeclinError
+from edgeclin.files import check_output_free, read_json
 from edgeclin.hardware import cpu_features
+from edgeclin.models import max_positions
 from edgeclin.tasks import get_task
 from edgeclin.timing import latency_summary, time_interleaved
 
@@ -127,6 +129,8 @@ class Runner:
             self.input, self.columns = self.predictor.spec.input, self.predictor.manifest.columns
             self.input_names = self.predictor.input_names
             self.vocab_size = self.predictor.tokenizer.get_vocab_size()
+            config = path / "config.json"
+            self.positions = max_positions(read_json(config)) if config.exists() else None
             self.tokenizer, self.pad_id = self.predictor.tokenizer, self.predictor.pad_token_id
 
     def _load_torch(self, path: Path) -> None:
@@ -148,6 +152,7 @@ class Runner:
         self.input_names = ["input_ids", "attention_mask"] + (
             ["token_type_ids"] if "token_type_ids" in self.tokenizer.model_input_names else [])
         self.vocab_size = self.model.config.vocab_size
+        self.positions = max_positions(self.model.config.to_dict())
 
     @property
     def max_length(self) -> int:
@@ -210,6 +215,7 @@ def measure_latency(variants: list[BenchVariant], thread_counts: list[int], batc
                disable=not progress, file=sys.stderr)
     for threads in thread_counts:
         runners = {v.name: Runner(v, threads) for v in runnable}
+        _check_lengths(runners, seq_lens)
         for length in seq_lens:
             for batch in batch_sizes:
                 calls = {name: functools.partial(r.logits, synthetic_feed(batch, length, r.vocab_size, r.input_names))
@@ -221,6 +227,12 @@ def measure_latency(variants: list[BenchVariant], thread_counts: list[int], batc
         del runners
     bar.close()
     return rows + [{"variant": v.name, "status": v.status} for v in variants if v.status != "ok"]
+
+
+def _check_lengths(runners: dict, seq_lens: list[int]) -> None:
+    for name, runner in runners.items():
+        if runner.positions is not None and max(seq_lens) > runner.positions:
+            raise EdgeclinError(f"--seq-lens {max(seq_lens)} is longer than {name} takes ({runner.positions} tokens)")
 
 
 def measure_end_to_end(variant: BenchVariant, data: str, max_length: int | None, batch_size: int,
@@ -293,7 +305,7 @@ def bench(sources: list[str | Path], *, baseline: str | Path | None = None, data
           batch_sizes: tuple[int, ...] = (1, 8, 32), seq_lens: tuple[int, ...] = (128, 512),
           threads: tuple[int, ...] | None = None, warmup: int = 5, repeats: int = 50, max_length: int | None = None,
           e2e_batch_size: int = 32, backends: tuple[str, ...] = tuple(BACKENDS),
-          out: str | Path | None = None, progress: bool = True) -> Path:
+          out: str | Path | None = None, overwrite: bool = False, progress: bool = True) -> Path:
     """Benchmark every variant of ``sources`` and write results.json/csv, report.md and plots to ``out``."""
     from edgeclin.hardware import environment
     from edgeclin.logs import get_logger
@@ -310,6 +322,10 @@ def bench(sources: list[str | Path], *, baseline: str | Path | None = None, data
     if not variants:
         raise EdgeclinError("nothing to benchmark: give run folders, merged folders or bundles")
     out = Path(out) if out else Path("bench") / time.strftime("%Y%m%d-%H%M%S")
+    check_output_free(out, overwrite, "bench folder")  # before the measurements, not after
+    unknown = sorted(set(backends) - set(BACKENDS))
+    if unknown:
+        raise EdgeclinError(f"unknown backend {unknown[0]!r} in --backends (choose from {', '.join(BACKENDS)})")
     thread_counts = list(threads) if threads else sorted({1, os.cpu_count() or 1})
     latency = measure_latency(variants, thread_counts, list(batch_sizes), list(seq_lens), warmup, repeats, progress)
     end_to_end = _end_to_end(variants, data, max_length, e2e_batch_size, max(thread_counts), progress) \
@@ -320,7 +336,7 @@ def bench(sources: list[str | Path], *, baseline: str | Path | None = None, data
                           "data": str(data) if data else None, "batch_sizes": list(batch_sizes),
                           "seq_lens": list(seq_lens), "warmup": warmup, "repeats": repeats},
                "variants": [asdict(v) for v in variants], "latency": latency, "end_to_end": end_to_end}
-    write_outputs(results, out)
+    write_outputs(results, out, overwrite)
     return out
 
 

@@ -31,9 +31,9 @@ def _csv_rows(results: dict) -> list[list]:
     return rows
 
 
-def write_outputs(results: dict, out: Path) -> None:
+def write_outputs(results: dict, out: Path, overwrite: bool = False) -> None:
     """Every output file, built beside ``out`` and renamed into place together."""
-    with OutputFolder(out, overwrite=True, what="bench folder") as folder:
+    with OutputFolder(out, overwrite, what="bench folder") as folder:
         write_json(folder.staging / "results.json", results)
         with (folder.staging / "results.csv").open("w", newline="") as handle:
             writer = csv.writer(handle)

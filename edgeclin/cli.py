@@ -33,6 +33,10 @@ def _friendly_errors(command):
         except EdgeclinError as exc:
             click.echo(f"edgeclin: error: {exc}", err=True)
             sys.exit(getattr(exc, "exit_code", 2))
+        except OSError as exc:  # a read-only or full disk, a vanished file: one line, nothing half-written
+            where = f"{exc.filename}: " if exc.filename else ""
+            click.echo(f"edgeclin: error: {where}{exc.strerror or exc}", err=True)
+            sys.exit(2)
         except KeyboardInterrupt:
             click.echo("edgeclin: interrupted", err=True)
             sys.exit(130)
@@ -56,14 +60,15 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 
-@main.command()
+@main.command(short_help="Fine-tune a model on your notes (LoRA by default).")
 @click.option("--model", default="all-MiniLM-L6-v2", show_default=True,
               help="Built-in name, local Hugging Face folder, or hub id (e.g. nlpie/bio-mobilebert).")
 @click.option("--init", type=click.Choice(INITS), default="pretrained", show_default=True,
               help="random: the architecture with random weights, offline (presets too: tiny-biobert, bio-mobilebert, "
               "distil-biobert, biobert); for latency and cost work, accuracy means nothing.")
 @click.option("--data", type=str, default=None,
-              help="Folder with train/valid/test .csv or .jsonl files. Default: built-in synthetic demo notes.")
+              help="Folder with train/valid/test .csv or .jsonl files. Default: edgeclin's synthetic demo notes "
+              "(builtin:demo).")
 @click.option("--train", "train_file", type=click.Path(dir_okay=False), help="Training file (overrides --data's).")
 @click.option("--valid", "valid_file", type=click.Path(dir_okay=False), help="Validation file.")
 @click.option("--test", "test_file", type=click.Path(dir_okay=False), help="Test file.")
@@ -94,7 +99,8 @@ def main() -> None:
 @click.option("--epochs", type=click.IntRange(min=1), default=4, show_default=True,
               help="Passes over the training split.")
 @click.option("--max-steps", type=click.IntRange(min=1), help="Stop after this many optimizer steps.")
-@click.option("--lr", type=float, help="Learning rate. Default per method: lora 4e-3, full 2e-4 "
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True),
+              help="Learning rate. Default per method: lora 4e-3, full 2e-4 "
               "(ia3, prompt, ptuning 1e-3; prefix 1e-2).")
 @click.option("--warmup-ratio", type=click.FloatRange(0, 1), default=0.1, show_default=True,
               help="Fraction of steps spent warming up.")
@@ -167,7 +173,7 @@ def _refuse_options_with_resume(ctx: click.Context) -> None:
                             "changed (start a new run with -o instead)")
 
 
-@main.command()
+@main.command(short_help="Fold a LoRA adapter into its base model, verified.")
 @click.argument("run", type=click.Path(file_okay=False))
 @click.option("-o", "--output", type=click.Path(file_okay=False), help="Merged model folder. Default: RUN-merged.")
 @click.option("--eval-data", type=click.Path(file_okay=False),
@@ -177,9 +183,12 @@ def _refuse_options_with_resume(ctx: click.Context) -> None:
 def merge(run, output, eval_data, overwrite) -> None:
     """Fold a LoRA adapter into its base weights (fp32) and save a plain HF model folder.
 
+    \b
     Before saving, the merged model's logits are compared with the adapter model's on real
     validation inputs (tolerance 1e-4). A full fine-tune run is already a plain model: it
-    passes through unchanged.
+    passes through unchanged. Examples:
+      edgeclin merge runs/lora                        # -> runs/lora-merged
+      edgeclin merge runs/lora -o models/ward7 --eval-data notes/
     """
     from edgeclin.merge import merge as run_merge
 
@@ -190,7 +199,7 @@ def merge(run, output, eval_data, overwrite) -> None:
         click.echo(f"merged model written to {result}")
 
 
-@main.command("export")
+@main.command("export", short_help="Export a gated (int8) ONNX bundle.")
 @click.argument("source", type=click.Path(file_okay=False))
 @click.option("-o", "--output", type=click.Path(file_okay=False), help="Bundle folder. Default: export/<run name>.")
 @click.option("--int8", is_flag=True, help="Quantise to int8 (gated on the task metric against fp32).")
@@ -210,6 +219,9 @@ def merge(run, output, eval_data, overwrite) -> None:
 @click.option("--force", is_flag=True, help="Write the requested int8 bundle even if no setting passes the gate.")
 @click.option("--eval-data", type=click.Path(file_okay=False),
               help="Data folder whose test split gates the export (default: the run's own test split).")
+@click.option("--sign-key-file", type=click.Path(dir_okay=False),
+              help="Sign the manifest (HMAC-SHA256) with the key in this file; predict/serve with the same key "
+              "(--key-file or $EDGECLIN_BUNDLE_KEY_FILE) then refuse any bundle it did not sign.")
 @click.option("--openvino-fp32", is_flag=True,
               help="Also carry the fp32 graph (model.fp32.onnx) for OpenVINO in bf16, which is fastest on CPUs "
               "with AMX; the backends are measured at export and predict --backend auto picks the winner.")
@@ -234,39 +246,124 @@ def export_command(source, output, **options) -> None:
     click.echo(f"{result.bundle}: {chosen}, model.onnx {size:.1f} MB")
 
 
-@main.command()
+@main.command(short_help="Predict with a bundle (torch-free); --spark for a cluster.")
 @click.argument("bundle", type=click.Path(file_okay=False))
-@click.option("--data", "data_file", required=True, type=click.Path(dir_okay=False),
-              help="CSV or JSONL file of texts to classify.")
-@click.option("-o", "--output", type=click.Path(dir_okay=False),
-              help="Where predictions go (.csv or .jsonl). Default: JSONL on standard output.")
+@click.option("--data", "data_file", required=True, type=click.Path(),
+              help="CSV or JSONL file of texts to classify (with --spark also Parquet, or a folder of part files).")
+@click.option("-o", "--output", type=click.Path(),
+              help="Where predictions go (.csv or .jsonl; with --spark a .parquet folder). Default: JSONL on "
+              "standard output.")
 @click.option("--text-col", help="Text column (default: the one the model was trained with).")
 @click.option("--text-pair-col", help="Second text column, for sentence-pair models.")
-@click.option("--label-col", help="Label column; if present, a metrics summary is printed.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
-@click.option("--threads", type=click.IntRange(min=1), help="Inference threads (default: all cores).")
+@click.option("--label-col", help="Label column (NER: the tags key); if present, a metrics summary is printed.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True, help="Texts per batch.")
+@click.option("--threads", type=click.IntRange(min=1),
+              help="Inference threads (default: all cores; with --spark: each task's spark.task.cpus).")
 @click.option("--backend", type=BACKEND_CHOICES, default="auto", show_default=True,
               help="auto: what export measured fastest at equal accuracy on this kind of CPU (else onnxruntime); "
               "openvino (optional package) runs model.onnx with OpenVINO.")
+@click.option("--spark", is_flag=True,
+              help="Run on Apache Spark (pip install 'edgeclin[spark]'): one output row per input row, written as "
+              "Parquet through Spark's output committer.")
+@click.option("--master", help="With --spark: local[N] or spark://HOST:PORT (default: local[*], or what "
+              "spark-submit set).")
+@click.option("--id-col", help="With --spark: keep only this input column (default: keep them all).")
+@click.option("--skip-bad-rows", is_flag=True, help="Drop empty or non-UTF-8 rows (and report how many) instead of "
+              "failing.")
+@click.option("--key-file", type=click.Path(dir_okay=False),
+              help="Refuse the bundle unless it is signed with the key in this file (export --sign-key-file).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
 @click.option("--quiet", is_flag=True, help="No notes; warnings (cut inputs, unknown labels) still show.")
 @_friendly_errors
-def predict(bundle, data_file, output, text_col, text_pair_col, label_col, batch_size, threads, backend,
-            quiet) -> None:
+def predict(bundle, data_file, output, text_col, text_pair_col, label_col, batch_size, threads, backend, spark,
+            master, id_col, skip_bad_rows, key_file, overwrite, quiet) -> None:
     """Classify texts, or tag entities, with an exported bundle: onnxruntime and tokenizers only (no torch).
 
+    \b
     The bundle's checksums are verified first; a changed or incomplete bundle is refused.
     Multi-label bundles give the label set (at the threshold tuned on validation) and every
     label's probability. NER bundles take JSONL with "tokens" lists, or raw text (--text-col),
-    and give each row's entities with character offsets.
+    and give each row's entities with character offsets. Examples:
+      edgeclin predict export/lora --data notes.csv -o predictions.csv
+      edgeclin predict export/ncbi --data notes.csv --text-col text -o entities.jsonl
+      edgeclin predict export/lora --data notes.parquet --spark --master local[2] -o predictions.parquet
     """
+    if spark:
+        from edgeclin.spark import predict_files
+
+        if output is None:
+            raise EdgeclinError("--spark writes Parquet: give the output folder with -o OUT.parquet")
+        summary = predict_files(bundle, data_file, output, master=master, text_col=text_col,
+                                pair_col=text_pair_col, id_col=id_col, backend=backend, threads=threads,
+                                batch_size=batch_size)
+        click.echo(f"{summary['rows']:,} rows predicted on Spark, written to {output}", err=True)
+        return
+    if master or id_col:
+        raise EdgeclinError("--master and --id-col belong to --spark")
     from edgeclin.predict import predict_file
+    from edgeclin.runtime import read_key_file
 
     summary = predict_file(bundle, data_file, output, text_col=text_col, text_pair_col=text_pair_col,
-                           label_col=label_col, batch_size=batch_size, threads=threads, backend=backend)
+                           label_col=label_col, batch_size=batch_size, threads=threads, backend=backend,
+                           overwrite=overwrite, skip_bad_rows=skip_bad_rows,
+                           key=read_key_file(key_file) if key_file else None)
     if summary.get("metrics"):
         from edgeclin.tasks import get_task
 
         click.echo(f"{summary['rows']} rows: {get_task(summary['task']).headline(summary['metrics'])}", err=True)
+    if output:
+        click.echo(f"predictions of {summary['rows']} rows written to {output}", err=True)
+
+
+@main.command("serve", short_help="Serve bundles over HTTP (KServe v2 and JSON).")
+@click.argument("bundles", nargs=-1, required=True)
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on; any other than loopback needs --api-key-file.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True,
+              help="Port (0: a free one, printed at start).")
+@click.option("--api-key-file", type=click.Path(dir_okay=False),
+              help="File holding the bearer token clients must send (Authorization: Bearer ...).")
+@click.option("--max-batch", type=click.IntRange(min=1), default=32, show_default=True,
+              help="Most texts run together (concurrent requests are gathered; 1: no micro-batching).")
+@click.option("--max-wait-ms", type=click.FloatRange(min=0), default=5.0, show_default=True,
+              help="Longest a text waits for others to join its batch.")
+@click.option("--max-queue", type=click.IntRange(min=1), default=1024, show_default=True,
+              help="Texts waiting per model beyond which requests get 503 (Retry-After).")
+@click.option("--max-texts", type=click.IntRange(min=1), default=256, show_default=True,
+              help="Most texts in one request (more: 413).")
+@click.option("--max-body-bytes", type=click.IntRange(min=1), default=1_000_000, show_default=True,
+              help="Largest request body (larger: 413).")
+@click.option("--threads", type=click.IntRange(min=1), help="Inference threads per model (default: all cores).")
+@click.option("--backend", type=BACKEND_CHOICES, default="auto", show_default=True, help="As for predict.")
+@click.option("--ssl-certfile", type=click.Path(dir_okay=False), help="TLS certificate (PEM), passed to uvicorn.")
+@click.option("--ssl-keyfile", type=click.Path(dir_okay=False), help="TLS private key (PEM), passed to uvicorn.")
+@click.option("--quiet", is_flag=True, help="Only warnings and errors in the log.")
+@_friendly_errors
+def serve_command(bundles, quiet, **options) -> None:
+    """Serve bundles over HTTP: the Open Inference Protocol v2 (KServe, Triton) and a plain JSON API.
+
+    \b
+    Each BUNDLE is verified before the port opens; its model name is the folder name, or NAME=PATH.
+    Needs: pip install 'edgeclin[serve]'. Examples:
+      edgeclin serve export/lora                              # http://127.0.0.1:8080/docs
+      edgeclin serve triage=export/lora ner=export/ncbi --port 9000
+      curl -s localhost:8080/v1/models/lora/predict -d '{"texts": ["chest pain on exertion"]}'
+    """
+    from edgeclin.serving import ServeConfig, serve
+
+    serve(list(bundles), ServeConfig(quiet=quiet, **options))
+
+
+def _print_markdown(text: str) -> None:
+    """A report for a terminal: tables drawn, not raw markdown (plain text when not a terminal)."""
+    from rich.console import Console
+    from rich.markdown import Markdown
+
+    console = Console(width=120)
+    if console.is_terminal:
+        console.print(Markdown(text))
+    else:
+        click.echo(text)
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -276,7 +373,7 @@ def _int_list(text: str) -> tuple[int, ...]:
         raise click.BadParameter(f"expected comma-separated integers, got {text!r}") from None
 
 
-@main.command("bench")
+@main.command("bench", short_help="Measure speed, memory, size and accuracy of variants.")
 @click.argument("sources", nargs=-1, type=click.Path(file_okay=False))
 @click.option("--baseline", type=click.Path(file_okay=False), help="The full fine-tune run: the 1.00x reference.")
 @click.option("--data", type=click.Path(), help="Data folder (its test split) or file for end-to-end throughput "
@@ -290,11 +387,12 @@ def _int_list(text: str) -> tuple[int, ...]:
 @click.option("--backends", default=",".join(BACKENDS), show_default=True,
               help="Runtimes to measure bundles with (openvino is skipped, and says so, when not installed).")
 @click.option("--out", type=click.Path(file_okay=False), help="Output folder. Default: bench/<time>.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
 @click.option("--compare", nargs=2, type=click.Path(dir_okay=False), help="Print ratios between two results.json.")
 @click.option("--quiet", is_flag=True)
 @_friendly_errors
 def bench_command(sources, baseline, data, batch_sizes, seq_lens, threads, warmup, repeats, max_length, backends,
-                  out, compare, quiet) -> None:
+                  out, overwrite, compare, quiet) -> None:
     """Latency, throughput, memory, size and accuracy of every variant, against the baseline.
 
     \b
@@ -312,12 +410,13 @@ def bench_command(sources, baseline, data, batch_sizes, seq_lens, threads, warmu
     folder = bench_module.bench(
         list(sources), baseline=baseline, data=data, batch_sizes=_int_list(batch_sizes), seq_lens=_int_list(seq_lens),
         threads=_int_list(threads) if threads else None, warmup=warmup, repeats=repeats, max_length=max_length,
-        backends=tuple(b.strip() for b in backends.split(",") if b.strip()), out=out, progress=not quiet)
-    click.echo((folder / "report.md").read_text())
-    click.echo(f"results in {folder}")
+        backends=tuple(b.strip() for b in backends.split(",") if b.strip()), out=out, overwrite=overwrite,
+        progress=not quiet)
+    _print_markdown((folder / "report.md").read_text())
+    click.echo(f"results in {folder} (report.md, results.json, results.csv, plots)")
 
 
-@main.command("sweep")
+@main.command("sweep", short_help="Train the paper's grid of models x methods x seeds.")
 @click.option("--models", required=True,
               help="Comma list: built-in names, presets (tiny-biobert, bio-mobilebert, distil-biobert, biobert, "
               "minilm-l6), local folders or hub ids.")
@@ -370,18 +469,24 @@ def sweep_command(models, methods, data, seeds, search, output, quiet, **options
     click.echo(f"sweep written to {result.output} (sweep.md, sweep.csv, sweep.json, plots)")
 
 
-@main.command("demo-data")
+@main.command("demo-data", short_help="Write the synthetic demo notes as CSV files.")
 @click.argument("folder", type=click.Path(file_okay=False), default="data/demo")
 @_friendly_errors
 def demo_data(folder) -> None:
-    """Write edgeclin's synthetic demo notes as train/valid/test CSV files to FOLDER."""
+    """Write edgeclin's synthetic demo notes as train/valid/test CSV files to FOLDER.
+
+    \b
+    Template-built notes for five specialties (not patient data): the data `edgeclin train`
+    uses by default (--data builtin:demo), as files to look at or to edit. Example:
+      edgeclin demo-data data/demo && edgeclin train --data data/demo
+    """
     from edgeclin.demo_data import write_demo_dataset
 
     written = write_demo_dataset(Path(folder))
     click.echo(f"wrote {', '.join(str(p) for p in written.values())} (synthetic, not patient data)")
 
 
-@main.group("data")
+@main.group("data", short_help="Build data folders from MIMIC and i2b2 files you hold.")
 def data_group() -> None:
     """Build edgeclin data folders from licensed corpora you hold (MIMIC, i2b2/n2c2)."""
 
@@ -405,7 +510,7 @@ def _invocation(ctx: click.Context) -> str:
     return shlex.join(words)
 
 
-@data_group.command("mimic")
+@data_group.command("mimic", short_help="Outcome prediction tasks from MIMIC-III/IV notes.")
 @click.option("--notes", required=True, type=click.Path(dir_okay=False),
               help="MIMIC-III NOTEEVENTS.csv or MIMIC-IV-Note discharge.csv (.gz is fine).")
 @click.option("--admissions", required=True, type=click.Path(dir_okay=False),
@@ -451,7 +556,7 @@ def data_mimic(ctx, notes, admissions, diagnoses, procedures, task, output, vers
         click.echo(f"edgeclin: warning: no admission in {', '.join(empty)} (too few patients)", err=True)
 
 
-@data_group.command("i2b2")
+@data_group.command("i2b2", short_help="NER sets from i2b2/n2c2 2010, 2012, 2014.")
 @click.option("--year", required=True, type=click.Choice(["2010", "2012", "2014"]),
               help="2010 concepts, 2012 temporal events and expressions, 2014 de-identification.")
 @click.option("--input", "input_dir", required=True, type=click.Path(file_okay=False),
@@ -468,7 +573,14 @@ def data_mimic(ctx, notes, admissions, diagnoses, procedures, task, output, vers
 @_friendly_errors
 def data_i2b2(ctx, year, input_dir, output, seed, valid_fraction, categories, skip_bad_annotations,
               overwrite) -> None:
-    """i2b2/n2c2 NER releases as BIO-tagged train/valid/test JSONL ({"tokens": [...], "tags": [...]})."""
+    """i2b2/n2c2 NER releases as BIO-tagged train/valid/test JSONL ({"tokens": [...], "tags": [...]}).
+
+    \b
+    --input holds train/ and test/ as released (2010 .txt + .con, 2012/2014 .xml). Examples:
+      edgeclin data i2b2 --year 2010 --input i2b2-2010/ -o i2b2-2010-ner
+      edgeclin data i2b2 --year 2014 --input i2b2-2014/ --categories -o i2b2-2014-phi
+      edgeclin train --data i2b2-2010-ner --max-length 128
+    """
     from edgeclin.builders.i2b2 import build_i2b2
 
     result = build_i2b2(int(year), input_dir, output, seed=seed, valid_fraction=valid_fraction,

@@ -20,13 +20,14 @@ from edgeclin.records import SUFFIXES, first_records
 from edgeclin.schema import SPLITS, Columns, Dataset, Example, Split
 from edgeclin.tasks import SINGLE_LABEL, Task, get_task, task_of_records
 
-DEMO_DATA = "demo"
+DEMO_DATA = "builtin:demo"  # a name no folder has: a path that exists is always the user's data
 
 
 def find_split_files(folder: Path) -> dict[str, Path]:
     """Map each split name to its file in ``folder`` (``train.csv`` or ``train.jsonl`` ...)."""
     if not folder.exists():
-        raise EdgeclinError(f"data folder not found: {folder}")
+        hint = f" (edgeclin's synthetic notes are --data {DEMO_DATA})" if str(folder) == "demo" else ""
+        raise EdgeclinError(f"data folder not found: {folder}{hint}")
     if not folder.is_dir():
         raise EdgeclinError(f"--data must be a folder holding train/valid/test files: {folder}")
     files = {}
@@ -100,7 +101,7 @@ def load_dataset(data: str | Path | None = None, *, train: str | Path | None = N
                  label_separator: str | None = None, task: str | None = None) -> Dataset:
     """Load train/valid/test from a folder, explicit files, or the built-in demo data.
 
-    ``data`` may be a folder, or ``"demo"`` (also the default when nothing is given) for
+    ``data`` may be a folder, or ``"builtin:demo"`` (also the default when nothing is given) for
     edgeclin's generated synthetic notes. Explicit ``train``/``valid``/``test`` paths
     override the folder's files one by one. The task is read from the files (NER when they
     hold tokens/tags; multi-label when a JSONL label is a list) or set by ``multi_label``.

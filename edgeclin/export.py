@@ -57,6 +57,7 @@ class ExportConfig:
     force: bool = False
     eval_data: str | Path | None = None
     openvino_fp32: bool = False
+    sign_key_file: str | Path | None = None  # HMAC-sign the manifest with this key
     overwrite: bool = False
     quiet: bool = False
 
@@ -75,6 +76,12 @@ class ExportConfig:
         for flag in ("static", "per_channel", "force"):
             if getattr(self, flag) and not self.int8:
                 raise EdgeclinError(f"--{flag.replace('_', '-')} is an int8 option; give --int8 too")
+
+    @property
+    def key(self) -> bytes | None:
+        from edgeclin.runtime import read_key_file
+
+        return read_key_file(self.sign_key_file) if self.sign_key_file else None
 
     @property
     def preset(self) -> str:
@@ -104,11 +111,17 @@ class Graph:
 def export_onnx(model_dir: Path, out_dir: Path, opset: int | None = None, task: str = SINGLE_LABEL) -> Path:
     """Export with optimum-onnx (dynamic batch/sequence axes); returns the .onnx path."""
     from optimum.exporters.onnx import main_export
+    from transformers.utils import logging as hf_logging
 
-    with warnings.catch_warnings():  # the gate below is the check: optimum's validation only warns
-        warnings.simplefilter("ignore")  # tracer warnings about constants are expected and harmless
-        main_export(str(model_dir), output=out_dir, task=get_task(task).export_task, opset=opset,
-                    do_validation=False, local_files_only=True, trust_remote_code=False)
+    previous = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # "torch_dtype is deprecated", from optimum's own call: nothing to act on
+    try:
+        with warnings.catch_warnings():  # the gate below is the check: optimum's validation only warns
+            warnings.simplefilter("ignore")  # tracer warnings about constants are expected and harmless
+            main_export(str(model_dir), output=out_dir, task=get_task(task).export_task, opset=opset,
+                        do_validation=False, local_files_only=True, trust_remote_code=False)
+    finally:
+        hf_logging.set_verbosity(previous)
     return Path(out_dir) / MODEL_FILE
 
 
@@ -130,7 +143,8 @@ def optimize_onnx(onnx_path: Path, out_path: Path) -> tuple[Path, dict]:
 
 
 def write_bundle(folder: Path, model: Path, source_dir: Path, labels: LabelsFile | dict,
-                 manifest: BundleManifest | dict, extra_models: dict[str, Path] | None = None) -> Path:
+                 manifest: BundleManifest | dict, extra_models: dict[str, Path] | None = None,
+                 key: bytes | None = None) -> Path:
     """Assemble model.onnx, tokenizer files, config, labels and the checksummed manifest."""
     labels = labels if isinstance(labels, LabelsFile) else LabelsFile.from_dict(labels)
     manifest = manifest if isinstance(manifest, BundleManifest) else BundleManifest.from_dict(manifest)
@@ -142,10 +156,18 @@ def write_bundle(folder: Path, model: Path, source_dir: Path, labels: LabelsFile
         if (source_dir / name).exists():
             shutil.copyfile(source_dir / name, folder / name)
     labels.write(folder)
+    seal(folder, manifest, key)
+    return folder
+
+
+def seal(folder: Path, manifest: BundleManifest, key: bytes | None = None) -> None:
+    """Write the bundle's model card, the checksum of every file, and the manifest (with its digest)."""
+    from edgeclin.model_card import bundle_card
+
+    (folder / "README.md").write_text(bundle_card(manifest), encoding="utf-8")
     manifest.files = {p.name: {"bytes": p.stat().st_size, "sha256": sha256_of(p)}
                       for p in sorted(folder.iterdir()) if p.name != "manifest.json"}
-    manifest.write(folder)
-    return folder
+    manifest.write(folder, key)
 
 
 def _pad_token_id(folder: Path) -> int:
@@ -324,12 +346,12 @@ class ExportJob:
             print_table(tried, reference[0], self.run.task)
         manifest = self.manifest(graph, tried, chosen, optimized, reference[0])
         extra = {FP32_MODEL_FILE: graph.path} if self.config.openvino_fp32 and chosen.path != graph.path else {}
-        write_bundle(folder, chosen.path, graph.folder, self.run.label_file, manifest, extra)
+        write_bundle(folder, chosen.path, graph.folder, self.run.label_file, manifest, extra, self.config.key)
         self.say("measuring the runtime backends on this CPU ...")
         metric = self.task.selection_metric
         manifest.runtime = measure_candidates(folder, manifest, self.examples, tried[0].metrics[metric], metric,
                                               self.config.max_drop, chosen.metrics[metric])
-        manifest.write(folder)
+        seal(folder, manifest, self.config.key)
         preferred = manifest.runtime["preferred"]
         self.say(f"fastest at equal accuracy here: {preferred['backend']} {preferred['precision']} "
                  f"({preferred['model']})")

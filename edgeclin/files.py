@@ -222,6 +222,50 @@ class OutputFolder:
             self.lock.release()
 
 
+class OutputFile:
+    """One writer per output file: written beside it and renamed at the end; an existing file is replaced only
+    with ``overwrite``, and one that appeared while the command ran is never touched.
+
+        with OutputFile(path, overwrite) as out:
+            out.tmp.write_text(...)
+            out.publish()
+    """
+
+    def __init__(self, path: Path, overwrite: bool = False, what: str = "output file") -> None:
+        self.path, self.overwrite, self.what = Path(path), overwrite, what
+        self.tmp = temporary_sibling(self.path)
+        self.lock = OutputLock(self.path)
+        self.existed_at_start = self.published = False
+
+    def __enter__(self) -> OutputFile:
+        check_output_free(self.path, self.overwrite, self.what)
+        self.lock.acquire()
+        remove_stale_temporaries(self.path)
+        self.existed_at_start = self.path.exists()
+        return self
+
+    def publish(self) -> Path:
+        if self.path.exists() and not self.existed_at_start:
+            kept = self.path.with_name(f"{self.path.name}.edgeclin-result-{os.getpid()}")
+            os.replace(self.tmp, kept)
+            raise EdgeclinError(f"{self.path} appeared while this command ran and was left as it is; "
+                                f"the result is in {kept}")
+        try:
+            _fsync(self.tmp)
+            os.replace(self.tmp, self.path)
+        except OSError as exc:
+            raise os_error(exc, self.path) from None
+        self.published = True
+        return self.path
+
+    def __exit__(self, *exc_info) -> None:
+        try:
+            if not self.published:
+                self.tmp.unlink(missing_ok=True)
+        finally:
+            self.lock.release()
+
+
 def replace_folder(folder: Path, fill) -> None:
     """Fill a temporary sibling with ``fill(tmp)`` and swap it in for ``folder`` (used inside a run's own
     working folder, which one process owns)."""

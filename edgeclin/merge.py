@@ -57,7 +57,13 @@ def save_merged(folder: Path, run: RunFolder, merged, tokenizer, check: dict) ->
     tokenizer.save_pretrained(folder)
     run.label_file.write(folder)
     if run.record is not None:
+        from edgeclin.files import read_json
+        from edgeclin.model_card import run_card
+
         run.record.write(folder)
+        if (run.path / "metrics.json").exists():
+            (folder / "README.md").write_text(run_card(run.record, read_json(run.path / "metrics.json")),
+                                              encoding="utf-8")
     write_json(folder / "merge.json", {**check, "versions": library_versions(), "git_commit": git_commit()})
 
 

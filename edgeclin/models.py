@@ -222,9 +222,16 @@ def _build_random_folder(folder: Path, config, tokenizer, info: dict) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spm.model", "sentencepiece.bpe.model")
+
+
 def load_tokenizer(path: str):
     from transformers import AutoTokenizer
 
+    local = Path(path)
+    if local.is_dir() and not any((local / name).exists() for name in TOKENIZER_FILES):
+        raise EdgeclinError(f"model folder {path} has no tokenizer (none of {', '.join(TOKENIZER_FILES)}); "
+                            "save it beside the model with tokenizer.save_pretrained(folder)")
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, use_fast=True, trust_remote_code=False)
     except (OSError, ValueError) as exc:

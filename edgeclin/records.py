@@ -38,19 +38,56 @@ def read_records(path: Path) -> tuple[list[str], list[Record]]:
     return _csv_records(path, text) if path.suffix == ".csv" else _jsonl_records(path, text)
 
 
+# cells that spreadsheets and data frames write for "no value": never a class of their own
+MISSING_MARKERS = frozenset({"nan", "null", "none", "n/a", "na", "#n/a", "?", "-"})
+FIELD_LIMIT = 16 * 2**20  # characters in one CSV field: a long clinical note is ~100k; the csv module stops at 128k
+MALFORMED = "\x00malformed"  # a CSV record's own problem (wrong number of fields), reported with its line
+DELIMITERS = {";": "semicolon", "\t": "tab", "|": "pipe"}
+
+
+def _csv_header(path: Path, reader) -> list[str]:
+    columns = next(reader, [])
+    if not columns:
+        raise EdgeclinError(f"{path}: empty file (no header row)")
+    if any(has_bad_bytes(c) for c in columns):
+        raise EdgeclinError(f"{path}, line 1: the header is not UTF-8 (a latin-1 or Windows-1252 file?); "
+                            "save the file as UTF-8")
+    twice = sorted({c for c in columns if columns.count(c) > 1})
+    if twice:
+        raise EdgeclinError(f"{path}, line 1: column {twice[0]!r} appears twice in the header")
+    return columns
+
+
+def _field_count_problem(row: list[str], columns: list[str]) -> str | None:
+    """A record with more or fewer fields than the header: an unquoted comma, or an unterminated quote."""
+    if len(row) > len(columns):
+        return (f"{len(row)} fields, but the header has {len(columns)} (an unquoted comma in a text? "
+                "put the field in double quotes)")
+    if len(row) < len(columns):
+        hint = " (an unterminated quote swallowed the lines after it?)" if any("\n" in v for v in row) else ""
+        return f"{len(row)} field(s), but the header has {len(columns)}{hint}"
+    return None
+
+
 def _csv_records(path: Path, text: str) -> tuple[list[str], list[Record]]:
     # io.StringIO with newline="": only \r and \n end records (str.splitlines would also split on
     # form feeds and U+2028, common in text pasted from PDFs and records systems)
-    reader = csv.DictReader(io.StringIO(text, newline=""))
-    columns = list(reader.fieldnames or [])
-    if not columns:
-        raise EdgeclinError(f"{path}: empty file (no header row)")
-    rows = []
+    csv.field_size_limit(FIELD_LIMIT)
+    reader = csv.reader(io.StringIO(text, newline=""))
+    columns = _csv_header(path, reader)
+    rows, start = [], reader.line_num + 1
     try:
-        for record in reader:
-            rows.append((reader.line_num, record))  # line_num: where the record ended (records may span lines)
+        for row in reader:
+            if row:  # a blank line is no record
+                problem = _field_count_problem(row, columns)
+                record = {MALFORMED: problem} if problem else dict(zip(columns, row, strict=True))
+                rows.append((start, record))  # the line where the record starts (records may span lines)
+            start = reader.line_num + 1
     except csv.Error as exc:
-        raise EdgeclinError(f"{path}, line {reader.line_num}: malformed CSV ({exc})") from None
+        if "field larger than field limit" in str(exc):
+            raise EdgeclinError(f"{path}, line {start}: a field longer than {FIELD_LIMIT:,} characters "
+                                "(an unterminated quote?)") from None
+        raise EdgeclinError(f"{path}, line {start}: malformed CSV ({exc})") from None
     return columns, rows
 
 
@@ -100,7 +137,9 @@ def first_records(path: Path, count: int = 100) -> list[dict]:
 def require_columns(path: Path, present: list[str], wanted: list[str], kind: str = "column") -> None:
     for column in wanted:
         if column not in present:
-            raise EdgeclinError(f"{path}: no {kind} {column!r} ({kind}s present: {', '.join(present) or 'none'})")
+            hint = next((f"; the file looks {name}-separated: edgeclin reads comma-separated CSV"
+                         for mark, name in DELIMITERS.items() if len(present) == 1 and mark in present[0]), "")
+            raise EdgeclinError(f"{path}: no {kind} {column!r} ({kind}s present: {', '.join(present) or 'none'}){hint}")
 
 
 RowParser = Callable[[dict], tuple[Example | None, str | None]]  # record -> (example, or the reason it is unusable)
@@ -110,7 +149,7 @@ def parse_rows(path: Path, records: list[Record], parse: RowParser, skip_bad_row
     """Examples of every usable record; a bad one stops the read (file and line) or is skipped and counted."""
     examples, skipped = [], 0
     for line_no, record in records:
-        example, problem = parse(record)
+        example, problem = (None, record[MALFORMED]) if MALFORMED in record else parse(record)
         if problem:
             if skip_bad_rows:
                 skipped += 1

@@ -19,7 +19,7 @@ import json
 import os
 from pathlib import Path
 
-from edgeclin.artifacts import BUNDLE_FORMAT, LABELS, MANIFEST, BundleManifest
+from edgeclin.artifacts import BUNDLE_FORMAT, LABELS, MANIFEST, BundleManifest, check_manifest
 from edgeclin.engines import BACKENDS, FP32_MODEL_FILE, MODEL_FILE, Candidate, get_backend
 from edgeclin.errors import EdgeclinError
 from edgeclin.inference import ModelSpec, OnnxModel
@@ -59,10 +59,33 @@ def _read_manifest(path: Path) -> dict:
     return manifest
 
 
-def verify_bundle(path: Path) -> BundleManifest:
-    """Check the manifest's file list, sizes and checksums; return the manifest."""
+KEY_FILE_VARIABLE = "EDGECLIN_BUNDLE_KEY_FILE"  # the signing key, for every command that loads bundles
+
+
+def read_key_file(path: str | Path) -> bytes:
+    """A signing key: the bytes of a file (surrounding whitespace ignored), never empty."""
+    try:
+        key = Path(path).read_bytes().strip()
+    except OSError as exc:
+        raise EdgeclinError(f"cannot read the key file {path}: {exc.strerror or exc}") from None
+    if not key:
+        raise EdgeclinError(f"the key file {path} is empty")
+    return key
+
+
+def _key_from_environment() -> bytes | None:
+    return read_key_file(os.environ[KEY_FILE_VARIABLE]) if os.environ.get(KEY_FILE_VARIABLE) else None
+
+
+def verify_bundle(path: Path, key: bytes | None = None) -> BundleManifest:
+    """Check the manifest's digest (and signature, given the key), then every file's size and checksum.
+
+    Every value that decides a prediction is in a checksummed file or in the manifest's digested
+    content, so a changed byte anywhere is refused.
+    """
     path = Path(path)
     manifest = _read_manifest(path)
+    check_manifest(manifest, path / MANIFEST, key)
     files = manifest["files"]
     for required in REQUIRED_FILES:
         if required not in files:
@@ -76,6 +99,9 @@ def verify_bundle(path: Path) -> BundleManifest:
         if not isinstance(expected, dict) or file.stat().st_size != expected.get("bytes") \
                 or sha256_of(file) != expected.get("sha256"):
             raise EdgeclinError(f"bundle {path}: {name} has changed since export (checksum mismatch)")
+    labels = json.loads((path / LABELS).read_text(encoding="utf-8"))
+    if labels.get("labels") != manifest["labels"] or labels.get("task", manifest.get("task")) != manifest.get("task"):
+        raise EdgeclinError(f"bundle {path}: {LABELS} and {MANIFEST} disagree on the labels")
     return BundleManifest.from_dict(manifest)
 
 
@@ -114,15 +140,18 @@ def threads_from_environment() -> int | None:
         raise EdgeclinError(f"EDGECLIN_THREADS must be a number, not {value!r}") from None
 
 
-def load(path: str | Path, *, threads: int | None = None, verify: bool = True, backend: str = "auto") -> OnnxModel:
+def load(path: str | Path, *, threads: int | None = None, verify: bool = True, backend: str = "auto",
+         key: bytes | None = None) -> OnnxModel:
     """Open a bundle written by ``edgeclin export`` (checksums verified).
 
     Returns a ``Classifier`` (``.predict(texts)``) or, for NER bundles, a ``Tagger``
     (``.predict(texts)`` -> entities with character offsets). ``backend``: ``auto`` (the
     fastest at equal accuracy that export measured on this kind of CPU, else onnxruntime), or
-    one of ``BACKENDS`` on the main graph. ``.backend`` and ``.precision`` say what runs.
+    one of ``BACKENDS`` on the main graph. ``.backend`` and ``.precision`` say what runs. ``key``
+    (default: the file named by $EDGECLIN_BUNDLE_KEY_FILE): the bundle must carry a valid signature.
     """
     path = Path(path)
-    manifest = verify_bundle(path) if verify else BundleManifest.from_dict(_read_manifest(path))
+    key = key if key is not None else _key_from_environment()
+    manifest = verify_bundle(path, key) if verify else BundleManifest.from_dict(_read_manifest(path))
     threads = threads if threads is not None else threads_from_environment()
     return bundle_model(path, manifest, resolve_backend(manifest, backend), threads=threads)

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from edgeclin.artifacts import METRICS, RUN_RECORD, partial_dir
 from edgeclin.errors import EdgeclinError
-from edgeclin.files import atomic_file, read_json, safe_name, write_json
+from edgeclin.files import OutputLock, atomic_file, read_json, safe_name, write_json
 from edgeclin.logs import get_logger
 from edgeclin.methods import METHODS, get_method
 from edgeclin.models import INITS
@@ -147,17 +147,15 @@ def run_sweep(models, methods=DEFAULT_METHODS, *, output: str | Path, data: str 
     TrainConfig(model=models[0], method=methods[0], data=data, **train_options).check()  # fail before any work
     out = Path(output)
     settings = {"data": data, "train_options": dict(sorted(train_options.items())), "search": search}
-    _check_settings(out, settings)
-    cells = [Cell(m, short_name(m), method, seed) for m in models for method in methods for seed in range(seeds)]
-    sweep = SweepRun(out, data, train_options, search, progress, {}, {})
-    started, peak_reset = time.time(), True
+    lock = OutputLock(out)  # one sweep at a time in a folder: two would train the same cells
+    lock.acquire()
     try:
-        for index, cell in enumerate(cells, 1):
-            peak_reset = _run_cell(sweep, cells, cell, f"cell {index}/{len(cells)}") and peak_reset
-    except KeyboardInterrupt:
-        sweep.say(f"\nsweep interrupted: finished cells are kept in {out / 'runs'}; run the same command again "
-                  "to continue (an interrupted cell resumes from its last finished epoch)")
-        raise
+        _check_settings(out, settings)
+        cells = [Cell(m, short_name(m), method, seed) for m in models for method in methods for seed in range(seeds)]
+        sweep = SweepRun(out, data, train_options, search, progress, {}, {})
+        started, peak_reset = time.time(), _run_cells(sweep, cells)
+    finally:
+        lock.release()
     summary = collect(out, cells, sweep.statuses)
     summary["config"] = {"models": models, "methods": methods, "seeds": list(range(seeds)), "output": str(out),
                          **settings}
@@ -167,6 +165,19 @@ def run_sweep(models, methods=DEFAULT_METHODS, *, output: str | Path, data: str 
     summary["wall_seconds_this_invocation"] = time.time() - started
     write_report(out, summary)
     return SweepResult(output=out, summary=summary)
+
+
+def _run_cells(sweep: SweepRun, cells: list[Cell]) -> bool:
+    """Every cell in turn; returns whether peak memory could be reset for each."""
+    peak_reset = True
+    try:
+        for index, cell in enumerate(cells, 1):
+            peak_reset = _run_cell(sweep, cells, cell, f"cell {index}/{len(cells)}") and peak_reset
+    except KeyboardInterrupt:
+        sweep.say(f"\nsweep interrupted: finished cells are kept in {sweep.out / 'runs'}; run the same command "
+                  "again to continue (an interrupted cell resumes from its last finished epoch)")
+        raise
+    return peak_reset
 
 
 MEMORY_NOTES = {

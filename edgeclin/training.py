@@ -13,6 +13,7 @@ each finished epoch the partial folder holds a snapshot (``artifacts.PartialRun`
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import shutil
@@ -37,18 +38,27 @@ from edgeclin.errors import EdgeclinError
 from edgeclin.files import OutputFolder, OutputLock, check_output_free, read_json, replace_folder, safe_name, write_json
 from edgeclin.hardware import environment, peak_rss_mb, resolve_device, resolve_precision
 from edgeclin.methods import get_method
+from edgeclin.model_card import run_card
 from edgeclin.models import load_classifier_with_info, load_tokenizer, max_positions, resolve_model
 from edgeclin.provenance import git_commit, library_versions
 from edgeclin.tasks import get_task
 from edgeclin.training_config import TrainConfig
 
 
+@functools.cache
 def _log():
-    """accelerate's logger of this module: each message once, from the main process (its state exists by the
-    time anything is said)."""
-    from accelerate.logging import get_logger
+    """This module's logger through accelerate's main-process adapter: each message once, from the main process
+    (accelerate's state exists by the time anything is said), without the adapter's "[RANK 0]" prefix."""
+    import logging
 
-    return get_logger(__name__)
+    from accelerate.logging import MultiProcessAdapter
+
+    class MainProcessOnly(MultiProcessAdapter):
+        def process(self, msg, kwargs):
+            kwargs.setdefault("stacklevel", 2)
+            return msg, kwargs
+
+    return MainProcessOnly(logging.getLogger(__name__), {})
 
 
 class DegenerateRun(EdgeclinError):
@@ -151,6 +161,7 @@ def can_resume(output: Path, config: TrainConfig) -> bool:
 
 def _resume(path: Path, progress: bool | None) -> TrainResult:
     partial = PartialRun.of(path.resolve())
+    OutputLock(partial.output).check_free()  # in use: say so; left by a killed run: cleared
     snapshot = partial.finished_epoch() if partial.path.exists() else None
     if snapshot is None:
         if (partial.output / METRICS).exists():
@@ -601,6 +612,7 @@ def _publish(trainer: Trainer, partial: PartialRun, out: OutputFolder, record: R
     shutil.rmtree(partial.snapshot)
     record.write(partial.path)
     write_json(partial.path / METRICS, metrics)
+    (partial.path / "README.md").write_text(run_card(record, metrics), encoding="utf-8")  # not peft's placeholder
     out.publish()
     if trainer.progress:
         _summary_table(metrics, partial.output)

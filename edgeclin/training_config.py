@@ -15,7 +15,7 @@ SCHEDULES = ("linear", "cosine", "constant_with_warmup")
 class TrainConfig:
     model: str = DEFAULT_MODEL
     init: str = "pretrained"  # or "random": the architecture only, for latency work (models.py)
-    data: str | None = None  # folder, or None/"demo" for the built-in synthetic notes
+    data: str | None = None  # folder, or None/"builtin:demo" for the built-in synthetic notes
     train_file: str | None = None
     valid_file: str | None = None
     test_file: str | None = None
@@ -82,8 +82,8 @@ class TrainConfig:
                 raise EdgeclinError(f"--{name.replace('_', '-')} must be at least 1")
         if self.max_length < 8:
             raise EdgeclinError("--max-length must be at least 8")
-        if self.lr is not None and self.lr < 0:
-            raise EdgeclinError("--lr must not be negative")
+        if self.lr is not None and self.lr <= 0:
+            raise EdgeclinError("--lr must be above 0 (at 0 nothing trains)")
         if self.max_grad_norm is not None and self.max_grad_norm < 0:
             raise EdgeclinError("--max-grad-norm must not be negative (0 turns clipping off)")
         if not 0 <= self.warmup_ratio <= 1:

@@ -133,8 +133,8 @@ def test_interrupted_run_keeps_last_epoch_and_resumes_to_the_same_result(tiny_be
 def test_max_steps_and_early_stopping(tiny_bert, demo_folder, tmp_path):
     metrics = train(config(tiny_bert, demo_folder, tmp_path / "steps", epochs=5, max_steps=3)).metrics
     assert metrics["training"]["optimizer_steps"] == 3 and len(metrics["epochs"]) == 1
-    # lr 0: validation never improves after epoch 1, so patience 1 stops after epoch 2
-    metrics = train(config(tiny_bert, demo_folder, tmp_path / "early", epochs=5, lr=0.0,
+    # lr 1e-12: validation never improves after epoch 1, so patience 1 stops after epoch 2
+    metrics = train(config(tiny_bert, demo_folder, tmp_path / "early", epochs=5, lr=1e-12,
                            early_stopping_patience=1)).metrics
     assert len(metrics["epochs"]) == 2 and metrics["best_epoch"] == 1
 
@@ -221,14 +221,14 @@ def test_gradients_are_clipped_and_recorded(tiny_bert, demo_folder, tmp_path):
 def test_a_collapsed_run_does_not_end_silently(tiny_bert, demo_folder, tmp_path):
     from edgeclin.training import DegenerateRun
 
-    # lr 0: the random head never moves, so every prediction is the same class
+    # lr 1e-12: the random head does not move, so every prediction is the same class
     with pytest.raises(DegenerateRun, match=r"collapsed.*every prediction is the class") as error:
-        train(config(tiny_bert, demo_folder, tmp_path / "flat", epochs=1, lr=0.0, allow_degenerate=False))
+        train(config(tiny_bert, demo_folder, tmp_path / "flat", epochs=1, lr=1e-12, allow_degenerate=False))
     assert error.value.exit_code == 3
     metrics = json.loads((tmp_path / "flat" / "metrics.json").read_text())  # kept for inspection
     assert metrics["degenerate"].startswith("every prediction is the class")
     assert metrics["epochs"][0]["degenerate"] == metrics["degenerate"]
-    accepted = train(config(tiny_bert, demo_folder, tmp_path / "ok", epochs=1, lr=0.0, allow_degenerate=True))
+    accepted = train(config(tiny_bert, demo_folder, tmp_path / "ok", epochs=1, lr=1e-12, allow_degenerate=True))
     assert accepted.metrics["degenerate"]
 
 

@@ -172,6 +172,7 @@ def read_xml(path: Path, year: int, categories: bool, skip_bad: bool,
     if not cdata:
         raise EdgeclinError(f"{path}: no <TEXT><![CDATA[...]]></TEXT> element: not an i2b2 {year} XML file")
     text = cdata.group(1)
+    _check_year(path, year, {element.group(1) for element in ELEMENT.finditer(raw, cdata.end())})
     spans: list[Span] = []
     for element in ELEMENT.finditer(raw, cdata.end()):
         name = element.group(1)
@@ -216,6 +217,20 @@ def read_xml(path: Path, year: int, categories: bool, skip_bad: bool,
             continue
         spans.append(Span(start, end, label.strip(), where))
     return _tag_characters(text, spans, stats)
+
+
+TEMPORAL_ELEMENTS = {"EVENT", "TIMEX3"}  # 2012; 2014's elements are the PHI categories (NAME, DATE, ...)
+
+
+def _check_year(path: Path, year: int, elements: set[str]) -> None:
+    """The two XML releases look alike; their annotation elements do not. A file of the other year is refused."""
+    temporal, other = elements & TEMPORAL_ELEMENTS, elements - TEMPORAL_ELEMENTS - {"TLINK", "SECTIME", "TAGS"}
+    if year == 2012 and other and not temporal:
+        raise EdgeclinError(f"{path} has no EVENT or TIMEX3 annotation but {', '.join(sorted(other)[:4])}: it looks "
+                            "like the 2014 de-identification release (--year 2014)")
+    if year == 2014 and temporal:
+        raise EdgeclinError(f"{path} has EVENT/TIMEX3 annotations: it looks like the 2012 temporal release "
+                            "(--year 2012)")
 
 
 def _tag_characters(text: str, spans: list[Span], stats: Stats) -> list[tuple[list[str], list[str]]]:

@@ -289,6 +289,36 @@ class CodeTable:
         """How short_code reduces a code to its category, in the README's words."""
         return "first 3 characters; E codes 4" if _long_e_codes(self.name, icd_version) else "first 3 characters"
 
+    @property
+    def other(self) -> str:
+        return "PROCEDURES_ICD" if self.name == "diagnoses" else "DIAGNOSES_ICD"
+
+    def check_header(self, path: Path, header: list[str], version: str) -> None:
+        """MIMIC-IV's procedures_icd has a chartdate and diagnoses_icd has none: a swapped table is refused."""
+        if version != "iv":
+            return
+        if has_columns(header, "chartdate") != (self.name == "procedures"):
+            raise EdgeclinError(f"{path} looks like {self.other.lower()} (its columns), but was given as "
+                                f"{self.option}: swap the two")
+
+    def check_codes(self, path: Path, rows: int, diagnosis_like: int) -> None:
+        """MIMIC-III's two tables have the same columns; their ICD-9 codes differ: diagnoses have 5-character
+        and V/E codes, procedures are 2-4 digits. A table whose codes are of the other kind is refused."""
+        swapped = diagnosis_like > 0 if self.name == "procedures" else rows >= MIN_ROWS_TO_JUDGE and not diagnosis_like
+        if swapped:
+            raise EdgeclinError(f"{path} holds {'diagnosis' if diagnosis_like else 'procedure'} codes "
+                                f"({diagnosis_like} of {rows} are 5-character or V/E codes): it looks like "
+                                f"{self.other}, but was given as {self.option}")
+
+
+MIN_ROWS_TO_JUDGE = 20  # a diagnoses table this long without one 5-character or V/E code is a procedures table
+
+
+def _diagnosis_like(code: str) -> bool:
+    """An ICD-9 code only a diagnosis can have: 5 characters, or a V or E code (procedures have 2-4 digits)."""
+    code = code.strip().replace(".", "")
+    return len(code) == 5 or code[:1] in ("V", "E")
+
 
 @dataclass(frozen=True)
 class MimicTask:
@@ -526,10 +556,11 @@ def _read_codes(path: Path, table: CodeTable, version: str, icd_version: int,
     codes: dict[int, set[str]] = {}
     distinct: dict[str, str] = {}
     other_version: set[int] = set()
-    used = 0
+    used = diagnosis_like = 0
     with open_csv(path) as (reader, header, raw), byte_progress(path, raw, table.name, progress) as update:
         names = ("HADM_ID", "ICD9_CODE") if version == "iii" else ("HADM_ID", "icd_code", "icd_version")
         col = find_columns(path, header, names, f"a {RELEASE[version]} {table.table} file")
+        table.check_header(path, header, version)
         code_col = col[names[1]]
         try:
             for row in reader:
@@ -550,6 +581,7 @@ def _read_codes(path: Path, table: CodeTable, version: str, icd_version: int,
                     if int(row_version) != icd_version:
                         other_version.add(hadm)
                         continue
+                diagnosis_like += version == "iii" and _diagnosis_like(row[code_col])
                 code = short_code(row[code_col], table.name, icd_version)
                 if code is None:
                     continue
@@ -558,6 +590,8 @@ def _read_codes(path: Path, table: CodeTable, version: str, icd_version: int,
                 used += 1
         except csv.Error as exc:
             raise EdgeclinError(f"{path}, line {reader.line_num}: malformed CSV ({exc})") from None
+    if version == "iii":
+        table.check_codes(path, used, diagnosis_like)
     joined = {hadm: ";".join(sorted(values)) for hadm, values in codes.items()}
     return joined, other_version - set(joined), used
 

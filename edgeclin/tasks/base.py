@@ -151,9 +151,21 @@ class Task:
 
     # --- the torch-free runtime ----------------------------------------------------------------
 
+    def read_prediction_input(self, model, path: Path, given: ColumnChoice,
+                              skip_bad_rows: bool = False) -> tuple[Split, bool]:
+        """The rows of a file to predict, and whether they carry labels to score against."""
+        raise NotImplementedError
+
+    def prediction_rows(self, model, examples: list[Example], labelled: bool = False,
+                        batch_size: int = 32) -> tuple[list[dict], dict]:
+        """``edgeclin predict``'s output rows (the same for a server or a Spark job), and what the
+        summary adds: counts, and the metrics when ``labelled``."""
+        raise NotImplementedError
+
     def predict_rows(self, model, path: Path, given: ColumnChoice, batch_size: int) -> tuple[list[dict], dict]:
         """``edgeclin predict``'s output rows for a file, and what the summary adds (metrics, counts)."""
-        raise NotImplementedError
+        split, labelled = self.read_prediction_input(model, path, given)
+        return self.prediction_rows(model, split.examples, labelled, batch_size)
 
 
 def as_float(logits) -> np.ndarray:

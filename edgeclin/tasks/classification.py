@@ -90,20 +90,24 @@ class TextClassificationTask(Task):
         """The predicted labels of a batch of probabilities."""
         raise NotImplementedError
 
-    def predict_rows(self, model, path: Path, given: ColumnChoice, batch_size: int) -> tuple[list[dict], dict]:
+    def read_prediction_input(self, model, path: Path, given: ColumnChoice,
+                              skip_bad_rows: bool = False) -> tuple[Split, bool]:
         columns = self._prediction_columns(model, path, given)
-        examples = self.read_split(path, "predict", columns).examples
-        result = model.predict([e.text for e in examples], [e.text_pair for e in examples]
-                               if columns.text_pair else None, batch_size=batch_size)
+        return self.read_split(path, "predict", columns, skip_bad_rows), columns.label is not None
+
+    def prediction_rows(self, model, examples: list[Example], labelled: bool = False,
+                        batch_size: int = 32) -> tuple[list[dict], dict]:
+        pairs = [e.text_pair for e in examples] if model.text_pair else None
+        result = model.predict([e.text for e in examples], pairs, batch_size=batch_size)
         summary: dict = {"rows": len(examples), "truncated_rows": result.truncated}
-        if columns.label:
+        if labelled:
             summary.update(self._score(examples, result.probabilities, model))
         rows = []
         for i, example in enumerate(examples):
             row = {"text": example.text}
-            if columns.text_pair:
+            if model.text_pair:
                 row["text_pair"] = example.text_pair
-            if columns.label:
+            if labelled:
                 row["true_label"] = example.label
             row["label"] = result.labels[i]
             row.update({f"p_{name}": round(float(p), 6) for name, p in zip(model.labels, result.probabilities[i],

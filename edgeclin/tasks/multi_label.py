@@ -10,7 +10,7 @@ import numpy as np
 
 from edgeclin.errors import EdgeclinError
 from edgeclin.metrics import multilabel_metrics, tune_threshold
-from edgeclin.records import has_bad_bytes
+from edgeclin.records import MISSING_MARKERS, has_bad_bytes
 from edgeclin.schema import Columns, Dataset, Example
 from edgeclin.tasks.base import as_float
 from edgeclin.tasks.classification import Predictions, TextClassificationTask
@@ -44,6 +44,9 @@ class MultiLabelTask(TextClassificationTask):
         labels = split_labels(value if value is not None else "", columns.label_sep)  # empty cell: empty set
         if any(has_bad_bytes(label) for label in labels):
             return None, f"text in column {columns.label!r} is not valid UTF-8"
+        marker = next((label for label in labels if label.lower() in MISSING_MARKERS), None)
+        if marker is not None:
+            return None, f"label {marker!r} in column {columns.label!r} looks like a missing value"
         return replace(example, label=";".join(labels), label_set=labels), None
 
     def example_labels(self, example: Example) -> set[str]:

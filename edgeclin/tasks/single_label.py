@@ -9,10 +9,14 @@ from dataclasses import replace
 import numpy as np
 
 from edgeclin.errors import EdgeclinError
+from edgeclin.logs import get_logger
 from edgeclin.metrics import classification_metrics
-from edgeclin.records import has_bad_bytes
+from edgeclin.records import MISSING_MARKERS, has_bad_bytes
 from edgeclin.schema import Columns, Dataset, Example
 from edgeclin.tasks.classification import Predictions, TextClassificationTask
+
+log = get_logger(__name__)
+MANY_CLASSES = 0.3  # more distinct labels than this share of the training rows: is it the label column?
 
 
 class SingleLabelTask(TextClassificationTask):
@@ -30,6 +34,8 @@ class SingleLabelTask(TextClassificationTask):
             return None, f"empty value in column {columns.label!r}"
         if has_bad_bytes(value):
             return None, f"text in column {columns.label!r} is not valid UTF-8"
+        if value.strip().lower() in MISSING_MARKERS:
+            return None, f"label {value.strip()!r} in column {columns.label!r} looks like a missing value"
         return replace(example, label=value.strip()), None
 
     def example_labels(self, example: Example) -> set[str]:
@@ -45,7 +51,19 @@ class SingleLabelTask(TextClassificationTask):
             raise EdgeclinError(f"{train.source}: only one class ({seen[0]!r}) in the training data; "
                                 "a classifier needs at least two")
         self._refuse_unseen(dataset, seen)
+        self._warn_about_label_counts(train)
         return seen
+
+    def _warn_about_label_counts(self, train) -> None:
+        """Counts that are possible but often a sign of a misread file: warned, with the numbers."""
+        counts = self.label_counts(train.examples)
+        once = sorted(label for label, n in counts.items() if n == 1)
+        if once:
+            shown = ", ".join(repr(label) for label in once[:5]) + (" ..." if len(once) > 5 else "")
+            log.warning(f"warning: {train.source}: {len(once)} label(s) occur only once in training: {shown}")
+        if len(counts) > 20 and len(counts) > MANY_CLASSES * len(train.examples):
+            log.warning(f"warning: {train.source}: {len(counts)} distinct labels in {len(train.examples)} rows; "
+                        "is the label column the right one (--label-col)?")
 
     def is_scorable(self, example: Example, labels: list[str]) -> bool:
         return example.label in labels  # a class the model never learnt has no logit to score

@@ -238,36 +238,41 @@ class TokenTask(Task):
             return "no entity predicted at all (every word tagged O)"
         return None
 
-    def predict_rows(self, model, path: Path, given: ColumnChoice, batch_size: int) -> tuple[list[dict], dict]:
+    def read_prediction_input(self, model, path: Path, given: ColumnChoice,
+                              skip_bad_rows: bool = False) -> tuple[Split, bool]:
+        """JSONL with pre-split words (and tags, to score), or any file with a text column (raw text)."""
         if given.text_pair:
             raise EdgeclinError("--text-pair-col: NER bundles tag single texts, not pairs")
         present = {key for record in first_records(path) for key in record}
         trained = model.manifest.columns
         if given.text is None and trained.tokens in present:
-            return self._rows_of_words(model, path, trained, given, present, batch_size)
+            tags = given.label or (trained.tags if trained.tags in present else None)
+            columns = Columns(tokens=trained.tokens, tags=tags)
+            return self.read_split(path, "predict", columns, skip_bad_rows), bool(tags)
         if given.label:
             raise EdgeclinError("--label-col: raw-text NER input has no tags to score against; give JSONL "
                                 f"with {trained.tokens!r} and tags lists to get metrics")
         columns = Columns(text=given.text or "text", label=None)
-        examples = read_split_with(path, "predict", [columns.text], lambda r: text_example(r, columns),
-                                   False).examples
-        tagged = model.predict([e.text for e in examples], batch_size=batch_size)
-        rows = [{"text": t.text, "entities": [e.as_dict() for e in t.entities]} for t in tagged]
-        return rows, {"rows": len(rows), "truncated_rows": sum(t.truncated for t in tagged)}
+        return read_split_with(path, "predict", [columns.text], lambda r: text_example(r, columns),
+                               skip_bad_rows), False
 
-    def _rows_of_words(self, model, path, trained: Columns, given: ColumnChoice, present, batch_size):
-        tags = given.label or (trained.tags if trained.tags in present else None)
-        examples = self.read_split(path, "predict", Columns(tokens=trained.tokens, tags=tags)).examples
+    def prediction_rows(self, model, examples: list[Example], labelled: bool = False,
+                        batch_size: int = 32) -> tuple[list[dict], dict]:
+        """Examples with ``tokens`` are tagged word by word; the others as raw text."""
+        if examples and not examples[0].tokens:
+            tagged = model.predict([e.text for e in examples], batch_size=batch_size)
+            rows = [{"text": t.text, "entities": [e.as_dict() for e in t.entities]} for t in tagged]
+            return rows, {"rows": len(rows), "truncated_rows": sum(t.truncated for t in tagged)}
         tagged = model.predict(words=[list(e.tokens) for e in examples], batch_size=batch_size)
         summary: dict = {"rows": len(examples), "truncated_rows": sum(t.truncated for t in tagged)}
-        if tags:
+        if labelled:
             unknown = self.unknown_labels(examples, model.labels)
             summary.update(metrics=entity_metrics([list(e.tags) for e in examples], [t.tags for t in tagged]),
                            scored_rows=len(examples), **({"unknown_labels": unknown} if unknown else {}))
         rows = []
         for example, result in zip(examples, tagged, strict=True):
             row: dict = {"text": result.text, "tokens": result.words}
-            if tags:
+            if labelled:
                 row["true_tags"] = list(example.tags)
             rows.append({**row, "tags": result.tags, "entities": [e.as_dict() for e in result.entities]})
         return rows, summary
