@@ -94,6 +94,7 @@ class RunRecord:
     git_commit: str | None = None
     environment: dict = field(default_factory=dict)
     processes: int = 1
+    job: dict = field(default_factory=dict)  # what kind of run, beyond training: e.g. distillation's teacher
     format_version: int = RECORD_FORMAT
     extra: dict = field(default_factory=dict)  # keys this version does not know, kept on rewrite
 

@@ -469,6 +469,53 @@ def sweep_command(models, methods, data, seeds, search, output, quiet, **options
     click.echo(f"sweep written to {result.output} (sweep.md, sweep.csv, sweep.json, plots)")
 
 
+@main.command("distill", short_help="Train a smaller student from a fine-tuned teacher.")
+@click.argument("teacher", type=click.Path(file_okay=False))
+@click.option("-o", "--output", type=click.Path(file_okay=False),
+              help="The student's run folder. Default: runs/<teacher>-distill<K>-<time>.")
+@click.option("--layers", type=click.IntRange(min=1),
+              help="A student of the teacher's architecture with K of its layers (default: half).")
+@click.option("--student", help="Or any smaller model that shares the teacher's tokenizer (a folder or name).")
+@click.option("--data", help="Data folder (default: the teacher's own data).")
+@click.option("--unlabelled", type=click.Path(dir_okay=False),
+              help="Extra notes without labels (CSV/JSONL with the text column; NER: tokens) for the distillation "
+              "term only.")
+@click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=2.0, show_default=True,
+              help="Softens the teacher's outputs (the KL term is scaled by T squared).")
+@click.option("--alpha", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+              help="Weight of the teacher's term; 1 - alpha goes to the gold labels.")
+@click.option("--hidden-loss", is_flag=True, help="Also match each student layer's output to its teacher layer's.")
+@click.option("--method", type=click.Choice(["full", "lora"]), default="full", show_default=True,
+              help="How the student trains: every weight (it is small), or LoRA.")
+@click.option("--epochs", type=click.IntRange(min=1), help="Passes over the training split (default: train's).")
+@click.option("--max-steps", type=click.IntRange(min=1), help="Stop after this many optimizer steps.")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Learning rate (default: the method's).")
+@click.option("--batch-size", type=click.IntRange(min=1), help="Rows per batch (default: train's).")
+@click.option("--seed", type=int, help="Seed (default: train's).")
+@click.option("--allow-degenerate", is_flag=True, help="As for train.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
+@click.option("--quiet", is_flag=True, help="No progress bars or notes; warnings still show.")
+@_friendly_errors
+def distill_command(teacher, output, layers, student, temperature, alpha, hidden_loss, unlabelled, quiet,
+                    **options) -> None:
+    """Distil a fine-tuned model (LoRA or full) into a smaller student that exports and predicts like any run.
+
+    \b
+    The student copies K evenly spaced layers of the teacher (with its embeddings and head) and
+    learns from the teacher's outputs (computed once) and the gold labels. Interrupted? Continue
+    with: edgeclin train --resume RUN. Examples:
+      edgeclin distill runs/lora --layers 3 -o runs/student3
+      edgeclin distill runs/lora --student models/minilm-l3 --unlabelled more_notes.csv
+      edgeclin export runs/student3 --int8
+    """
+    from edgeclin.distill import distill
+    from edgeclin.tasks import get_task
+
+    result = distill(teacher, output, layers=layers, student=student, temperature=temperature, alpha=alpha,
+                     hidden_loss=hidden_loss, unlabelled=unlabelled, progress=not quiet, **options)
+    click.echo(f"{result.output}: test {get_task(result.metrics['task']).headline(result.metrics['test'])}")
+
+
 @main.command("demo-data", short_help="Write the synthetic demo notes as CSV files.")
 @click.argument("folder", type=click.Path(file_okay=False), default="data/demo")
 @_friendly_errors

@@ -99,6 +99,48 @@ class LoopState:
         return cls(**known)
 
 
+class Job:
+    """What kind of run this is: plain training here; ``edgeclin.distill`` adds a teacher. A job prepares the run
+    (data, model) and gives the training loss of a batch; the loop, snapshots and records are the same for all."""
+
+    kind = "train"
+
+    @classmethod
+    def from_description(cls, described: dict) -> Job:
+        return cls()
+
+    def describe(self) -> dict:
+        """What ``--resume`` needs to rebuild this job (saved in each epoch's state)."""
+        return {"kind": self.kind}
+
+    def prepare(self, config: TrainConfig) -> Setup:
+        return prepare_run(config, self)
+
+    def loss(self, model, batch: dict, indices):
+        """The loss of one batch (``indices``: the rows of the training split it holds)."""
+        return model(**batch).loss
+
+    def record(self, setup: Setup) -> dict:
+        """What the run record keeps about the job (empty for plain training)."""
+        return {}
+
+
+JOB_MODULES = {"distill": "edgeclin.distill"}  # kind -> the module that defines (and registers) its Job
+JOBS: dict[str, type[Job]] = {"train": Job}
+
+
+def job_from(described: dict | None) -> Job:
+    """The job of an interrupted run, from its saved state."""
+    import importlib
+
+    described = described or {"kind": "train"}
+    if described["kind"] not in JOBS and described["kind"] in JOB_MODULES:
+        importlib.import_module(JOB_MODULES[described["kind"]])
+    if described["kind"] not in JOBS:
+        raise EdgeclinError(f"cannot resume a {described['kind']!r} run with this edgeclin")
+    return JOBS[described["kind"]].from_description(described)
+
+
 @dataclass
 class Setup:
     """Everything a run needs, prepared (and checked) before any folder is written."""
@@ -111,6 +153,7 @@ class Setup:
     resolved: Resolved
     trainable: int
     total: int
+    job: Job = field(default_factory=Job)
 
     task = property(lambda self: get_task(self.dataset.task))
     pad_id = property(lambda self: self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0)
@@ -122,12 +165,12 @@ def default_run_dir(model: str, method: str, root: Path = Path("runs")) -> Path:
 
 
 def train(config: TrainConfig | None = None, *, resume: str | Path | None = None, progress: bool | None = None,
-          **options) -> TrainResult:
+          job: Job | None = None, **options) -> TrainResult:
     """Fine-tune a classifier and write a run folder; returns its path and metrics.
 
     Either pass a ``TrainConfig`` or its fields as keywords: ``train(data="...", method="full")``.
     ``resume`` continues an interrupted run from its last finished epoch, with its own options
-    (``progress`` may be changed).
+    (``progress`` may be changed). ``job``: another kind of run on the same loop (``edgeclin.distill``).
     """
     if resume is not None:
         return _resume(Path(resume), progress)
@@ -149,7 +192,7 @@ def train(config: TrainConfig | None = None, *, resume: str | Path | None = None
     if work.exists() and not config.overwrite:
         raise EdgeclinError(f"{work} holds an interrupted run: continue it with --resume {output}, "
                             "or start afresh with --overwrite")
-    return _run(config, output, state=None)
+    return _run(config, output, None, job or Job())
 
 
 def can_resume(output: Path, config: TrainConfig) -> bool:
@@ -174,7 +217,7 @@ def _resume(path: Path, progress: bool | None) -> TrainResult:
     config = TrainConfig.from_dict(state["config"])
     if progress is not None:
         config.progress = progress
-    return _run(config, partial.output, state=LoopState.from_dict(state))
+    return _run(config, partial.output, LoopState.from_dict(state), job_from(state.get("job")))
 
 
 def _load_data(config: TrainConfig):
@@ -183,7 +226,7 @@ def _load_data(config: TrainConfig):
                         seed=config.seed, multi_label=config.multi_label)
 
 
-def _prepare(config: TrainConfig) -> Setup:
+def prepare_run(config: TrainConfig, job: Job | None = None) -> Setup:
     """Data, tokenizer and model: everything that can fail on the user's input fails here, before any write."""
     method = get_method(config.method)
     device = resolve_device(config.device)
@@ -203,7 +246,7 @@ def _prepare(config: TrainConfig) -> Setup:
                         precision=resolve_precision(config.precision, device), labels=dataset.labels, task=task.name,
                         base_model=model_ref.path if method.saves_adapter else None,
                         max_grad_norm=config.max_grad_norm or None)
-    return Setup(config, dataset, encoded, tokenizer, model, resolved, trainable, total)
+    return Setup(config, dataset, encoded, tokenizer, model, resolved, trainable, total, job or Job())
 
 
 def _set_seed(seed: int) -> None:
@@ -384,10 +427,10 @@ def _train_epoch(trainer: Trainer, state: LoopState, epoch: int) -> dict:
     bar = tqdm(total=min(trainer.steps_per_epoch, trainer.total_steps - state.step),
                desc=f"epoch {epoch + 1}/{trainer.epochs}", disable=not trainer.progress, file=sys.stderr)
     for batch in loader:
-        batch.pop("example_index")
+        indices = batch.pop("example_index")
         with accelerator.accumulate(trainer.model):
             with trainer.precision.autocast():
-                loss = trainer.model(**batch).loss
+                loss = setup.job.loss(trainer.model, batch, indices)
             trainer.precision.backward(accelerator, loss)
             norm = trainer.precision.step(accelerator, trainer.model, trainer.optimizer, config.max_grad_norm)
             trainer.scheduler.step()
@@ -523,7 +566,8 @@ def _save_epoch(trainer: Trainer, partial: PartialRun, state: LoopState, improve
         _save_model_folder(folder / "last", trainer.unwrapped, setup.tokenizer, labels)
         _link_tree(folder / "last" if improved else partial.snapshot / "best", folder / "best")
         _save_optimizer(folder, getattr(trainer.optimizer, "optimizer", trainer.optimizer))  # unwrap accelerate's
-        write_json(folder / "state.json", {"config": asdict(setup.config), **asdict(state)})
+        write_json(folder / "state.json", {"config": asdict(setup.config), "job": setup.job.describe(),
+                                           **asdict(state)})
 
     replace_folder(partial.snapshot, fill)
 
@@ -542,7 +586,7 @@ def _record(trainer: Trainer) -> RunRecord:
     setup = trainer.setup
     return RunRecord(config=setup.config, resolved=setup.resolved, data=describe(setup.dataset),
                      versions=library_versions(), git_commit=git_commit(), environment=environment(),
-                     processes=trainer.accelerator.num_processes)
+                     processes=trainer.accelerator.num_processes, job=setup.job.record(setup))
 
 
 def _restore(trainer: Trainer, partial: PartialRun, state: LoopState) -> None:
@@ -579,7 +623,8 @@ def _metrics(trainer: Trainer, state: LoopState, test_metrics: dict) -> dict:
 
         memory["cuda_max_allocated_mb"] = torch.cuda.max_memory_allocated() / 2**20
     best = state.history[state.best_epoch - 1] if state.best_epoch else {}
-    return {
+    job = setup.job.record(setup)
+    return {**({setup.job.kind: job} if job else {}),
         "task": setup.task.name, "init": setup.config.init,  # "random": accuracy means nothing
         "selection_metric": setup.task.selection_metric, "epochs": state.history, "best_epoch": state.best_epoch,
         "degenerate": best.get("degenerate"), "test": test_metrics,
@@ -631,8 +676,8 @@ def _start_work_folder(partial: PartialRun, fresh: bool) -> None:
     partial.path.mkdir(parents=True, exist_ok=True)
 
 
-def _run(config: TrainConfig, output: Path, state: LoopState | None) -> TrainResult:
-    setup = _prepare(config)
+def _run(config: TrainConfig, output: Path, state: LoopState | None, job: Job) -> TrainResult:
+    setup = job.prepare(config)
     trainer = _trainer(setup)
     _report_data(setup)
     partial = PartialRun(output)

@@ -8,6 +8,7 @@ hold. The torch-free runtime uses strategies too, so nothing here imports torch 
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import ClassVar
 
@@ -103,6 +104,33 @@ class Task:
         batch = {name: torch.from_numpy(array) for name, array in arrays.items()}
         batch["labels"] = self.label_tensor([split.labels[i] for i in indices], batch["input_ids"].shape[1])
         return batch
+
+    def without_labels(self, columns: Columns) -> Columns:
+        """The columns of an unlabelled file of this task (distillation's extra notes)."""
+        return replace(columns, label=None)
+
+    # --- distillation (torch; a student learns from a teacher's outputs) ---------------------------
+
+    def gold_loss(self, logits, labels, labelled):
+        """The task loss on the labelled rows of a batch (``labelled``: a bool per row)."""
+        import torch.nn.functional as F
+
+        if not bool(labelled.any()):
+            return logits.sum() * 0.0
+        return F.cross_entropy(logits[labelled], labels[labelled], ignore_index=IGNORE_INDEX)
+
+    def distill_loss(self, student, teacher, temperature: float, mask=None):
+        """Temperature-scaled KL from the teacher's distribution to the student's, times T² (Hinton et al.)."""
+        import torch.nn.functional as F
+
+        if mask is not None:
+            student, teacher = student[mask], teacher[mask]
+        return F.kl_div(F.log_softmax(student / temperature, dim=-1), F.softmax(teacher / temperature, dim=-1),
+                        reduction="batchmean") * temperature ** 2
+
+    def distill_mask(self, split: EncodedSplit, indices: list[int], width: int):
+        """Which positions of a batch are distilled (None: each row's single output)."""
+        return None
 
     def model_kwargs(self) -> dict:
         """Extra ``from_pretrained`` arguments of this task's head."""

@@ -87,6 +87,20 @@ class MultiLabelTask(TextClassificationTask):
     def torch_scores(self, logits):
         return logits.sigmoid()
 
+    def gold_loss(self, logits, labels, labelled):
+        import torch.nn.functional as F
+
+        if not bool(labelled.any()):
+            return logits.sum() * 0.0
+        return F.binary_cross_entropy_with_logits(logits[labelled], labels[labelled])
+
+    def distill_loss(self, student, teacher, temperature: float, mask=None):
+        """Each label's teacher probability as the student's soft target (independent sigmoids), times T²."""
+        import torch.nn.functional as F
+
+        return F.binary_cross_entropy_with_logits(student / temperature, (teacher / temperature).sigmoid()) \
+            * temperature ** 2
+
     def evaluate(self, examples, encoded, scores, labels, threshold=None, tune=False) -> tuple[dict, np.ndarray]:
         probabilities = np.stack(scores)
         targets = self.targets(examples, {label: i for i, label in enumerate(labels)})

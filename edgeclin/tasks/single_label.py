@@ -8,6 +8,7 @@ from dataclasses import replace
 
 import numpy as np
 
+from edgeclin.encoding import IGNORE_INDEX
 from edgeclin.errors import EdgeclinError
 from edgeclin.logs import get_logger
 from edgeclin.metrics import classification_metrics
@@ -69,7 +70,8 @@ class SingleLabelTask(TextClassificationTask):
         return example.label in labels  # a class the model never learnt has no logit to score
 
     def encode_labels(self, examples: list[Example], label2id: dict[str, int]) -> list:
-        return [label2id[e.label] for e in examples]
+        # a row without a label (distillation's unlabelled notes) is ignored by the loss
+        return [label2id[e.label] if e.label else IGNORE_INDEX for e in examples]
 
     def label_tensor(self, labels: list, width: int):
         import torch

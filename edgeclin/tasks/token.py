@@ -8,7 +8,7 @@ words or raw text (split into words as BERT does) and returns entities with char
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -213,14 +213,34 @@ class TokenTask(Task):
     def encode(self, tokenizer, examples: list[Example], label2id: dict[str, int] | None,
                fmt: InputFormat) -> EncodedSplit:
         ids, types, word_ids, truncated = encode_words(tokenizer, [list(e.tokens) for e in examples], fmt.max_length)
-        labels = ([piece_labels(w, e.tags, label2id) for w, e in zip(word_ids, examples, strict=True)]
-                  if label2id is not None else [[IGNORE_INDEX] * len(w) for w in word_ids])
+        labels = [piece_labels(w, e.tags, label2id) if label2id is not None and e.tags else [IGNORE_INDEX] * len(w)
+                  for w, e in zip(word_ids, examples, strict=True)]
         return EncodedSplit(ids, types, labels, truncated, word_ids=word_ids)
 
     def label_tensor(self, labels: list, width: int):
         import torch
 
         return torch.tensor([row + [IGNORE_INDEX] * (width - len(row)) for row in labels], dtype=torch.long)
+
+    def without_labels(self, columns: Columns) -> Columns:
+        return replace(columns, tags=None)
+
+    def gold_loss(self, logits, labels, labelled):
+        import torch.nn.functional as F
+
+        if not bool((labels != IGNORE_INDEX).any()):  # a batch of unlabelled rows only
+            return logits.sum() * 0.0
+        return F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX)
+
+    def distill_mask(self, split: EncodedSplit, indices: list[int], width: int):
+        """Each word's first piece, where its tag is predicted (also in unlabelled rows)."""
+        import torch
+
+        mask = torch.zeros((len(indices), width), dtype=torch.bool)
+        for row, index in enumerate(indices):
+            for _, position in first_pieces(split.word_ids[index]):
+                mask[row, position] = True
+        return mask
 
     def columns_record(self, columns: Columns) -> dict:
         return {"tokens": columns.tokens, "tags": columns.tags}

@@ -1,0 +1,130 @@
+"""edgeclin distill on tiny random teachers of each task type."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+from conftest import write_csv
+
+from edgeclin.artifacts import open_model_folder
+from edgeclin.distill import distill, layer_map, student_from_teacher, teacher_model
+from edgeclin.errors import EdgeclinError
+from edgeclin.training import TrainConfig, train
+
+QUICK = dict(epochs=3, batch_size=8, lr=5e-3, precision="fp32", progress=False, allow_degenerate=True)
+
+
+def test_layer_map_keeps_evenly_spaced_layers():
+    assert layer_map(6, 3) == [0, 2, 4] and layer_map(6, 2) == [0, 3] and layer_map(12, 4) == [0, 3, 6, 9]
+    assert layer_map(2, 1) == [0]
+    with pytest.raises(EdgeclinError, match="fewer layers than the teacher"):
+        layer_map(6, 6)
+
+
+def test_the_student_starts_as_the_teachers_chosen_layers(lora_run):
+    teacher = teacher_model(open_model_folder(lora_run.output))
+    student = student_from_teacher(teacher, [1])
+    assert student.config.num_hidden_layers == 1
+    t, s = teacher.state_dict(), student.state_dict()
+    assert all(torch.equal(s[k], t[k.replace(".layer.0.", ".layer.1.")]) for k in s if ".layer.0." in k)
+    assert all(torch.equal(s[k], t[k]) for k in s if ".layer." not in k)  # embeddings, pooler, head
+    ids = torch.randint(5, 50, (2, 9))
+    assert not torch.allclose(student(input_ids=ids).logits, teacher(input_ids=ids).logits)
+
+
+@pytest.fixture(scope="module")
+def students(lora_run, tmp_path_factory):
+    out = tmp_path_factory.mktemp("students")
+    return {"lora teacher": distill(lora_run.output, out / "s1", layers=1, **QUICK), "out": out}
+
+
+def test_a_student_is_an_ordinary_run_with_its_teacher_recorded(students, lora_run):
+    result = students["lora teacher"]
+    names = {p.name for p in result.output.iterdir()}
+    assert {"model.safetensors", "config.json", "tokenizer.json", "labels.json", "run.json", "metrics.json",
+            "README.md"} <= names
+    config = json.loads((result.output / "config.json").read_text())
+    assert config["num_hidden_layers"] == 1
+    job = json.loads((result.output / "run.json").read_text())["job"]
+    assert job["teacher"] == str(lora_run.output) and job["student_layers"] == [0] and job["temperature"] == 2.0
+    assert result.metrics["distill"]["teacher_test"] == lora_run.metrics["test"]
+    assert result.metrics["parameters"]["trainable"] == result.metrics["parameters"]["total"]  # full, by default
+    losses = [e["train_loss"] for e in result.metrics["epochs"]]
+    assert losses[-1] < losses[0]  # the distillation loss goes down
+
+
+def test_a_student_of_a_lora_teacher_exports_and_predicts(students, demo_folder, tmp_path):
+    from edgeclin import runtime
+    from edgeclin.export import export
+
+    bundle = export(students["lora teacher"].output, tmp_path / "bundle", int8=True, max_drop=100.0, quiet=True)
+    texts = ["chest pain radiating to the left arm", "knee pain after a fall"]
+    assert len(runtime.load(bundle.bundle).predict(texts).labels) == 2
+
+
+def test_interrupted_distillation_resumes_to_the_same_result(lora_run, tmp_path, monkeypatch):
+    import edgeclin.training as training
+
+    reference = distill(lora_run.output, tmp_path / "ref", layers=1, **QUICK).metrics
+    real, calls = training._save_epoch, {"n": 0}
+
+    def stop_after_first(*args, **kwargs):
+        real(*args, **kwargs)
+        calls["n"] += 1
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "_save_epoch", stop_after_first)
+    with pytest.raises(KeyboardInterrupt):
+        distill(lora_run.output, tmp_path / "cut", layers=1, **QUICK)
+    monkeypatch.setattr(training, "_save_epoch", real)
+    resumed = train(resume=tmp_path / "cut").metrics  # `edgeclin train --resume` continues a distillation
+    assert resumed["distill"]["teacher"] == str(lora_run.output)
+    assert resumed["test"] == pytest.approx(reference["test"])
+    assert [e["train_loss"] for e in resumed["epochs"]] == pytest.approx([e["train_loss"]
+                                                                         for e in reference["epochs"]])
+
+
+@pytest.mark.parametrize("kind", ["ner_folder", "multilabel_folder"])
+def test_students_of_every_task_type(request, tiny_bert, tmp_path, kind):
+    folder = request.getfixturevalue(kind)
+    teacher = train(TrainConfig(model=str(tiny_bert), data=str(folder), multi_label=kind == "multilabel_folder",
+                                method="full", max_length=32, output=str(tmp_path / "teacher"), **QUICK))
+    unlabelled = tmp_path / ("more.jsonl" if kind == "ner_folder" else "more.csv")
+    if kind == "ner_folder":
+        unlabelled.write_text("".join(json.dumps({"tokens": ["no", "asthma", "today"]}) + "\n" for _ in range(10)))
+    else:
+        write_csv(unlabelled, [("raised troponin and wheeze",)] * 10, header=("text",))
+    student = distill(teacher.output, tmp_path / "student", layers=1, unlabelled=unlabelled, **QUICK)
+    assert student.metrics["task"] == teacher.metrics["task"]
+    assert student.metrics["distill"]["unlabelled_rows"] == 10
+    assert student.metrics["test"][student.metrics["selection_metric"]] is not None
+
+
+def test_hidden_loss_and_lora_students(lora_run, tmp_path):
+    result = distill(lora_run.output, tmp_path / "h", layers=1, hidden_loss=True, method="lora", **QUICK)
+    assert (result.output / "adapter_config.json").exists() and result.metrics["distill"]["hidden_loss"]
+    assert result.metrics["parameters"]["trainable"] < result.metrics["parameters"]["total"]
+
+
+def test_bad_distillation_options(lora_run, tiny_bert, tmp_path):
+    with pytest.raises(EdgeclinError, match="not both"):
+        distill(lora_run.output, tmp_path / "x", layers=1, student=str(tiny_bert))
+    with pytest.raises(EdgeclinError, match="--alpha"):
+        distill(lora_run.output, tmp_path / "x", alpha=2.0)
+    with pytest.raises(EdgeclinError, match="fewer layers than the teacher"):
+        distill(lora_run.output, tmp_path / "x", layers=2, **QUICK)
+    result = CliRunner().invoke(__import__("edgeclin.cli", fromlist=["main"]).main,
+                                ["distill", str(lora_run.output), "--temperature", "0", "-o", str(tmp_path / "y")])
+    assert result.exit_code == 2 and not (tmp_path / "y").exists()
+
+
+def test_a_student_must_share_the_tokenizer(lora_run, tmp_path):
+    from edgeclin.models import resolve_model
+
+    other = resolve_model("minilm-l6").path  # the built-in model: another vocabulary than the tiny BERT's
+    with pytest.raises(EdgeclinError, match="another tokenizer than the teacher"):
+        distill(lora_run.output, tmp_path / "x", student=other, **QUICK)
+    assert not (tmp_path / "x").exists()
