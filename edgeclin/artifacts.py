@@ -246,7 +246,8 @@ class BundleManifest:
     isa: str | None = None
     gate: dict = field(default_factory=dict)
     chosen: str = ""
-    runtime: dict | None = None  # the backends measured at export (see runtime.resolve_backend)
+    graphs: dict = field(default_factory=dict)  # the extra graphs carried for other engines (edgeclin.graphs)
+    runtime: dict | None = None  # the backends measured at export (see selection.resolve_backend)
     files: dict = field(default_factory=dict)  # name -> {"bytes", "sha256"}
     timings: dict = field(default_factory=dict)
     versions: dict = field(default_factory=dict)
@@ -258,10 +259,12 @@ class BundleManifest:
     extra: dict = field(default_factory=dict)
 
     def graph_precisions(self) -> dict[str, str]:
-        """The ONNX graphs the bundle carries and the precision of each (file -> int8 | fp32)."""
+        """The graphs the bundle carries and the precision of each (file -> int8 | int8w | fp32)."""
         from edgeclin.engines import FP32_MODEL_FILE, MODEL_FILE
 
         graphs = {MODEL_FILE: "int8" if self.quantization else "fp32"}
+        for file, graph in self.graphs.items():  # int8w: int8 weights, float compute
+            graphs[file] = "int8w" if graph.get("weights") == "int8" else "fp32"
         if FP32_MODEL_FILE in self.files:
             graphs[FP32_MODEL_FILE] = "fp32"
         return graphs

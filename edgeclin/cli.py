@@ -222,9 +222,11 @@ def merge(run, output, eval_data, overwrite) -> None:
 @click.option("--sign-key-file", type=click.Path(dir_okay=False),
               help="Sign the manifest (HMAC-SHA256) with the key in this file; predict/serve with the same key "
               "(--key-file or $EDGECLIN_BUNDLE_KEY_FILE) then refuse any bundle it did not sign.")
-@click.option("--openvino-fp32", is_flag=True,
-              help="Also carry the fp32 graph (model.fp32.onnx) for OpenVINO in bf16, which is fastest on CPUs "
-              "with AMX; the backends are measured at export and predict --backend auto picks the winner.")
+@click.option("--keep-fp32", "--openvino-fp32", "keep_fp32", is_flag=True,
+              help="Also carry the fp32 ONNX graph (model.fp32.onnx, 4x the int8 one) for engines that want it.")
+@click.option("--ir/--no-ir", default=True, show_default=True,
+              help="With --int8: also carry an OpenVINO IR with int8 weights (bf16 compute on AMX/AVX512-BF16 "
+              "CPUs), gated like every variant; the engines are timed here and on each new CPU the bundle meets.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing bundle folder.")
 @click.option("--quiet", is_flag=True, help="No progress notes or gate table; warnings still show.")
 @_friendly_errors

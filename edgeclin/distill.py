@@ -110,7 +110,8 @@ def _teacher_signature(path: Path) -> str:
 
 def student_folder(teacher_run, model, layers: list[int]) -> Path:
     """The student's starting weights as a model folder in edgeclin's cache (a LoRA student needs its base on disk)."""
-    from edgeclin.models import cache_dir, load_tokenizer
+    from edgeclin.files import cache_dir
+    from edgeclin.models import load_tokenizer
 
     folder = cache_dir() / "students" / f"{safe_name(teacher_run.name)}-layers{'-'.join(map(str, layers))}-" \
         f"{_teacher_signature(teacher_run.path)}"

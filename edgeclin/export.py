@@ -25,6 +25,7 @@ from edgeclin.engines import FP32_MODEL_FILE, MODEL_FILE, Candidate
 from edgeclin.errors import EdgeclinError
 from edgeclin.files import OutputFolder, check_output_free, read_json
 from edgeclin.gate import EXPORT_TOLERANCE, Variant, print_table
+from edgeclin.graphs import ExtraGraph, planned_graphs
 from edgeclin.hardware import INT8_PRESETS, cpu_features
 from edgeclin.inference import ModelSpec
 from edgeclin.logs import get_logger
@@ -56,7 +57,8 @@ class ExportConfig:
     max_drop: float = 1.0
     force: bool = False
     eval_data: str | Path | None = None
-    openvino_fp32: bool = False
+    keep_fp32: bool = False  # also carry the fp32 ONNX graph (model.fp32.onnx)
+    ir: bool = True  # with --int8: also an OpenVINO IR with int8 weights, for bf16 engines (edgeclin.graphs)
     sign_key_file: str | Path | None = None  # HMAC-sign the manifest with this key
     overwrite: bool = False
     quiet: bool = False
@@ -70,8 +72,8 @@ class ExportConfig:
             raise EdgeclinError("--calibration sets the calibration texts of --static; give --static too")
         if self.calibration is not None and self.calibration < 1:
             raise EdgeclinError("--calibration must be at least 1")
-        if self.openvino_fp32 and not self.int8:
-            raise EdgeclinError("--openvino-fp32 carries the fp32 graph beside the int8 one; without --int8 the "
+        if self.keep_fp32 and not self.int8:
+            raise EdgeclinError("--keep-fp32 carries the fp32 graph beside the int8 one; without --int8 the "
                                 "bundle's model.onnx is that fp32 graph already")
         for flag in ("static", "per_channel", "force"):
             if getattr(self, flag) and not self.int8:
@@ -168,6 +170,12 @@ def seal(folder: Path, manifest: BundleManifest, key: bytes | None = None) -> No
     manifest.files = {p.name: {"bytes": p.stat().st_size, "sha256": sha256_of(p)}
                       for p in sorted(folder.iterdir()) if p.name != "manifest.json"}
     manifest.write(folder, key)
+
+
+def _graph_record(extra: ExtraGraph, variant: Variant) -> dict:
+    return {"name": extra.name, "files": list(extra.files), "weights": extra.weights, "bytes": variant.size,
+            "settings": variant.settings, "metrics": variant.metrics, "drop_points": variant.drop,
+            "passed": variant.passed}
 
 
 def _pad_token_id(folder: Path) -> int:
@@ -290,6 +298,27 @@ class ExportJob:
             return tried, base, base is not fp32
         return tried, self.forced(tried, recipes[0]), base is not fp32
 
+    def extra_graphs(self, graph: Graph, fp32: Variant) -> list[tuple[ExtraGraph, Variant]]:
+        """Each extra graph the options ask for, built from the fp32 graph and scored by the engine that runs it."""
+        scored = []
+        for extra in planned_graphs(self.config):
+            folder = self.scratch / f"graph-{extra.file}"
+            folder.mkdir()
+            settings = extra.build(graph.path, folder)
+            variant = Variant(extra.name, folder / extra.file, {"graph": extra.file, "weights": extra.weights,
+                                                                 **settings}, files=[folder / f for f in extra.files])
+            if extra.file == FP32_MODEL_FILE:  # the fp32 graph itself: scored already
+                variant.metrics = fp32.metrics
+            else:
+                candidate = Candidate("openvino", extra.file, "bf16" if cpu_features().native_bf16 else "fp32")
+                variant.metrics, _ = make_predictor(variant.path, graph.folder / "tokenizer.json", graph.spec,
+                                                    candidate).evaluate(self.examples)
+            variant.judge(fp32.metrics, self.task.selection_metric, self.config.max_drop)
+            if not variant.passed:
+                log.warning(f"warning: {extra.name} lost {variant.drop:.2f} points: not carried")
+            scored.append((extra, variant))
+        return scored
+
     def forced(self, tried: list[Variant], requested: Recipe) -> Variant:
         if not self.config.force:
             raise EdgeclinError(f"every int8 setting lost more than {self.config.max_drop} "
@@ -344,13 +373,18 @@ class ExportJob:
         self.timings["evaluate_s"] = time.perf_counter() - start
         if not self.config.quiet:
             print_table(tried, reference[0], self.run.task)
+        carried = self.extra_graphs(graph, tried[0])
+        if not self.config.quiet and carried:
+            print_table([tried[0], *(v for _, v in carried)], None, self.run.task)
         manifest = self.manifest(graph, tried, chosen, optimized, reference[0])
-        extra = {FP32_MODEL_FILE: graph.path} if self.config.openvino_fp32 and chosen.path != graph.path else {}
-        write_bundle(folder, chosen.path, graph.folder, self.run.label_file, manifest, extra, self.config.key)
+        manifest.graphs = {g.file: _graph_record(g, v) for g, v in carried if v.passed}
+        files = {name: v.path.parent / name for g, v in carried if v.passed for name in g.files}
+        write_bundle(folder, chosen.path, graph.folder, self.run.label_file, manifest, files, self.config.key)
         self.say("measuring the runtime backends on this CPU ...")
         metric = self.task.selection_metric
+        known = {("openvino", g.file): v.metrics[metric] for g, v in carried if v.passed}
         manifest.runtime = measure_candidates(folder, manifest, self.examples, tried[0].metrics[metric], metric,
-                                              self.config.max_drop, chosen.metrics[metric])
+                                              self.config.max_drop, chosen.metrics[metric], known)
         seal(folder, manifest, self.config.key)
         preferred = manifest.runtime["preferred"]
         self.say(f"fastest at equal accuracy here: {preferred['backend']} {preferred['precision']} "

@@ -29,6 +29,13 @@ OLD_TAG = "edgeclin-old"
 LOCK_TAG = "edgeclin-lock"
 
 
+def cache_dir() -> Path:
+    """edgeclin's own cache: $EDGECLIN_CACHE, else $XDG_CACHE_HOME/edgeclin, else ~/.cache/edgeclin."""
+    if os.environ.get("EDGECLIN_CACHE"):
+        return Path(os.environ["EDGECLIN_CACHE"]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "edgeclin"
+
+
 def safe_name(text: str, fallback: str = "model") -> str:
     """The last path component of ``text`` with anything but letters, digits, ``._-`` turned into ``-``."""
     return re.sub(r"[^A-Za-z0-9._-]+", "-", Path(str(text).rstrip("/")).name).strip("-") or fallback

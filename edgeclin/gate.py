@@ -23,10 +23,11 @@ class Variant:
     metrics: dict = field(default_factory=dict)
     drop: float | None = None  # gate-metric points lost against fp32 ONNX
     passed: bool | None = None
+    files: list[Path] = field(default_factory=list)  # all the variant's files, when more than its graph
 
     @property
     def size(self) -> int:
-        return self.path.stat().st_size
+        return sum(p.stat().st_size for p in self.files) if self.files else self.path.stat().st_size
 
     def judge(self, reference: dict, metric: str, max_drop: float) -> bool:
         """Record the drop against ``reference`` metrics; pass if it is at most ``max_drop`` points."""

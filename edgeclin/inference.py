@@ -35,10 +35,11 @@ class OnnxModel:
     """An ONNX encoder with its tokenizer; subclasses (one per task) add ``predict``."""
 
     def __init__(self, engine, tokenizer_path: Path, spec: ModelSpec, strategy, *, model_path: Path,
-                 backend: str, bundle: Path | None = None, manifest=None) -> None:
+                 backend: str, bundle: Path | None = None, manifest=None, choice: str = "") -> None:
         from tokenizers import Tokenizer
 
         self.engine, self.spec, self.strategy = engine, spec, strategy
+        self.choice = choice  # why this engine runs (runtime.load's backend choice)
         self.model_path, self.backend, self.path, self.manifest = Path(model_path), backend, bundle, manifest
         self.tokenizer = plain_tokenizer(Tokenizer.from_file(str(tokenizer_path)))
         self.input_names = engine.input_names
@@ -89,3 +90,7 @@ class OnnxModel:
     def describe(self) -> str:
         """E.g. "onnxruntime, int8, model.onnx": what actually runs."""
         return f"{self.backend}, {self.precision}, {self.model_path.name}"
+
+    def describe_choice(self) -> str:
+        """What runs and why, for the one line predict and serve print."""
+        return self.describe() + (f": {self.choice}" if self.choice else "")

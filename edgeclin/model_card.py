@@ -90,6 +90,9 @@ def bundle_card(manifest: BundleManifest) -> str:
         passed = "" if v.get("passed") is None else ("pass" if v["passed"] else "fail")
         lines.append(f"| {v['name']} | {_pct(v['metrics'].get(metric))} | {v['bytes'] / 1e6:.1f} | {drop} | "
                      f"{passed} |")
+    lines += [f"| {g['name']} (`{file}`, for other engines) | {_pct(g['metrics'].get(metric))} | "
+              f"{g['bytes'] / 1e6:.1f} | {g['drop_points']:+.2f} | {'pass' if g.get('passed') else 'fail'} |"
+              for file, g in manifest.graphs.items()]
     runtime = manifest.runtime or {}
     if runtime:
         cpu = runtime.get("cpu", {})

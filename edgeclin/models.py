@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgeclin.errors import EdgeclinError
-from edgeclin.files import safe_name, temporary_sibling
+from edgeclin.files import cache_dir, safe_name, temporary_sibling
 from edgeclin.logs import get_logger
 from edgeclin.presets import OFFLINE_PRESETS, preset_folder
 
@@ -87,13 +87,6 @@ class ResolvedModel:
     # how the weights started: {"init": "pretrained"}, or for --init random which architecture
     # and tokenizer the random model was built from
     init: dict = field(default_factory=lambda: {"init": "pretrained"})
-
-
-def cache_dir() -> Path:
-    """edgeclin's own cache: $EDGECLIN_CACHE, else $XDG_CACHE_HOME/edgeclin, else ~/.cache/edgeclin."""
-    if os.environ.get("EDGECLIN_CACHE"):
-        return Path(os.environ["EDGECLIN_CACHE"]).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "edgeclin"
 
 
 def _hub_offline() -> bool:

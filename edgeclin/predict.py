@@ -32,7 +32,7 @@ def predict_file(bundle_dir: str | Path, data_file: str | Path, output: str | Pa
     output = Path(output) if output is not None else None
     _check_output(output, overwrite)
     model = runtime.load(bundle_dir, threads=threads, backend=backend, key=key)
-    log.info(f"running {model.describe()}")
+    log.info(f"running {model.describe_choice()}")
     data_file = Path(data_file)
     columns = ColumnChoice(text_col, text_pair_col, label_col)
     split, labelled = model.strategy.read_prediction_input(model, data_file, columns, skip_bad_rows)

@@ -219,7 +219,7 @@ OFFLINE_PRESETS: dict[str, OfflinePreset] = {p.name: p for p in (
 
 def preset_folder(name: str) -> tuple[Path, dict]:
     """The preset as a model folder (built on first use), and what its build checked."""
-    from edgeclin.models import cache_dir
+    from edgeclin.files import cache_dir
 
     preset = OFFLINE_PRESETS[name]
     folder = cache_dir() / "presets" / name

@@ -99,6 +99,9 @@ def verify_bundle(path: Path, key: bytes | None = None) -> BundleManifest:
         if not isinstance(expected, dict) or file.stat().st_size != expected.get("bytes") \
                 or sha256_of(file) != expected.get("sha256"):
             raise EdgeclinError(f"bundle {path}: {name} has changed since export (checksum mismatch)")
+    absent = [f for graph in manifest.get("graphs", {}).values() for f in graph.get("files", []) if f not in files]
+    if absent:
+        raise EdgeclinError(f"{path / MANIFEST}: the graph files {', '.join(absent)} are not checksummed")
     labels = json.loads((path / LABELS).read_text(encoding="utf-8"))
     if labels.get("labels") != manifest["labels"] or labels.get("task", manifest.get("task")) != manifest.get("task"):
         raise EdgeclinError(f"bundle {path}: {LABELS} and {MANIFEST} disagree on the labels")
@@ -113,21 +116,21 @@ def model_spec(manifest: BundleManifest) -> ModelSpec:
 
 def make_predictor(model_path: Path, tokenizer_path: Path, spec: ModelSpec, candidate: Candidate, *,
                    threads: int | None = None, device: str = "cpu", bundle: Path | None = None,
-                   manifest: BundleManifest | None = None) -> OnnxModel:
+                   manifest: BundleManifest | None = None, choice: str = "") -> OnnxModel:
     """The task's predictor (a ``Classifier``, or a ``Tagger`` for NER) of one graph on one engine."""
     engine = get_backend(candidate.backend).engine(Path(model_path), candidate.precision, threads, device)
     task = get_task(spec.task)
     return task.predictor(engine, tokenizer_path, spec, task, model_path=model_path, backend=candidate.backend,
-                          bundle=bundle, manifest=manifest)
+                          bundle=bundle, manifest=manifest, choice=choice)
 
 
 def bundle_model(path: Path, manifest: BundleManifest, candidate: Candidate | None = None, *,
-                 threads: int | None = None, device: str = "cpu") -> OnnxModel:
+                 threads: int | None = None, device: str = "cpu", choice: str = "") -> OnnxModel:
     """The predictor of a verified bundle on one candidate (default: onnxruntime on the main graph)."""
     path = Path(path)
     candidate = candidate or Candidate("onnxruntime", MODEL_FILE, manifest.graph_precisions()[MODEL_FILE])
     return make_predictor(path / candidate.model, path / "tokenizer.json", model_spec(manifest), candidate,
-                          threads=threads, device=device, bundle=path, manifest=manifest)
+                          threads=threads, device=device, bundle=path, manifest=manifest, choice=choice)
 
 
 def threads_from_environment() -> int | None:
@@ -154,4 +157,5 @@ def load(path: str | Path, *, threads: int | None = None, verify: bool = True, b
     key = key if key is not None else _key_from_environment()
     manifest = verify_bundle(path, key) if verify else BundleManifest.from_dict(_read_manifest(path))
     threads = threads if threads is not None else threads_from_environment()
-    return bundle_model(path, manifest, resolve_backend(manifest, backend), threads=threads)
+    choice = resolve_backend(manifest, backend, path, threads)
+    return bundle_model(path, manifest, choice.candidate, threads=threads, choice=choice.reason)

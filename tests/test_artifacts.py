@@ -33,7 +33,7 @@ def test_bundle_manifest_round_trip(bundle):
     raw = json.loads((bundle / "manifest.json").read_text())
     manifest = BundleManifest.from_dict({**raw, "added_later": True})
     assert manifest.input.max_length == raw["max_length"] and manifest.columns.text == raw["columns"]["text"]
-    assert manifest.graph_precisions() == {"model.onnx": "int8"}
+    assert manifest.graph_precisions() == {"model.onnx": "int8", "model.xml": "int8w"}
     assert manifest.to_dict() == {**raw, "added_later": True}
 
 

@@ -65,7 +65,7 @@ def exports_by_kind(lora_run, tmp_path_factory):
         for kind in KINDS:
             patch.setenv("EDGECLIN_CPU_FEATURES", kind)
             bundles[kind] = export(lora_run.output, tmp_path_factory.mktemp(kind) / "bundle", int8=True,
-                                   openvino_fp32=True, max_drop=100.0, quiet=True).bundle
+                                   keep_fp32=True, max_drop=100.0, quiet=True).bundle
     return bundles
 
 
@@ -80,30 +80,45 @@ def test_export_measures_what_this_cpu_kind_can_run(exports_by_kind, kind):
     assert all("macro_f1" in c and c["p50_ms"] > 0 for c in manifest["runtime"]["candidates"])
 
 
-def _preferring_openvino_bf16(bundle, folder):
+def _preferring_openvino_fp32_graph(bundle, folder):
     """A copy of the bundle whose measurement preferred OpenVINO on the fp32 graph (re-checksummed)."""
     from edgeclin.export import write_bundle
 
     manifest = BundleManifest.read(bundle)
-    manifest.runtime = {**manifest.runtime, "preferred": {"backend": "openvino", "model": "model.fp32.onnx",
-                                                         "precision": manifest.runtime["candidates"][-1]["precision"]}}
+    fp32 = next(c for c in manifest.runtime["candidates"] if c["model"] == "model.fp32.onnx")
+    manifest.runtime = {**manifest.runtime, "preferred": {k: fp32[k] for k in ("backend", "model", "precision")}}
     labels = json.loads((bundle / "labels.json").read_text())
+    extra = {name: bundle / name for graph in manifest.graphs.values() for name in graph["files"]}
     return write_bundle(folder, bundle / "model.onnx", bundle, labels, manifest,
-                        {"model.fp32.onnx": bundle / "model.fp32.onnx"})
+                        {"model.fp32.onnx": bundle / "model.fp32.onnx", **extra})
 
 
 @pytest.mark.parametrize("exported_on", ["amx", "avx2"])
 @pytest.mark.parametrize("loaded_on", list(KINDS))
-def test_auto_follows_the_measurement_only_on_the_same_cpu_kind(exports_by_kind, exported_on, loaded_on, tmp_path,
-                                                               monkeypatch):
-    bundle = _preferring_openvino_bf16(exports_by_kind[exported_on], tmp_path / "edited")
+def test_auto_follows_export_on_its_cpu_kind_and_times_the_gated_engines_on_another(exports_by_kind, exported_on,
+                                                                                  loaded_on, tmp_path, monkeypatch):
+    from edgeclin import selection
+
+    bundle = _preferring_openvino_fp32_graph(exports_by_kind[exported_on], tmp_path / "edited")
     monkeypatch.setenv("EDGECLIN_CPU_FEATURES", loaded_on)
+    monkeypatch.setenv("EDGECLIN_CACHE", str(tmp_path / "cache"))
     model = runtime.load(bundle)
     if loaded_on == exported_on:
         assert (model.backend, model.model_path.name, model.precision) == \
             ("openvino", "model.fp32.onnx", KINDS[exported_on][1])
-    else:  # never measured here: the portable int8 graph on onnxruntime
-        assert (model.backend, model.model_path.name, model.precision) == ("onnxruntime", "model.onnx", "int8")
+        assert model.choice.startswith("fastest at equal accuracy when export measured this kind of CPU")
+    else:  # never measured on this kind: the engines that passed the gate, timed here once
+        measured = BundleManifest.read(bundle).runtime["candidates"]
+        assert (model.backend, model.model_path.name) in {(c["backend"], c["model"]) for c in measured if c["passed"]}
+        assert model.choice.startswith("timed on this CPU on first use") and " ms" in model.choice
+        assert list((tmp_path / "cache" / "engine-choice").glob("*.json"))
+
+        def no_timing(*args, **kwargs):
+            raise AssertionError("timed again: the choice was not cached")
+
+        monkeypatch.setattr(selection, "time_candidates", no_timing)
+        again = runtime.load(bundle)
+        assert (again.backend, again.model_path.name) == (model.backend, model.model_path.name)
     assert model.predict(["knee pain after a fall"]).labels
 
 
@@ -158,3 +173,25 @@ def test_a_registered_quantisation_recipe_is_tried_by_the_gate(lora_run, tmp_pat
     assert result.manifest["chosen"] == "int8 matmul-only recipe"
     assert result.manifest["quantization"]["quantize"] == "matmul"
     assert result.manifest["quantization"]["optimum_ort_config"]["quantization"]["operators_to_quantize"]
+
+
+def test_int8_bundles_carry_a_gated_openvino_ir_with_int8_weights(exports_by_kind, lora_run, tmp_path, monkeypatch):
+    from edgeclin import graphs
+    from edgeclin.export import export
+
+    manifest = json.loads((exports_by_kind["amx"] / "manifest.json").read_text())
+    ir = manifest["graphs"]["model.xml"]
+    assert ir["weights"] == "int8" and ir["files"] == ["model.xml", "model.bin"]
+    assert ir["settings"]["mode"] == "INT8_ASYM"  # (its size against fp32 is measured on MiniLM in benchmarks/)
+    assert {"model.xml", "model.bin"} <= set(manifest["files"])
+    assert ir["passed"] and ir["drop_points"] is not None and "macro_f1" in ir["metrics"]  # gated like the others
+    measured = {(c["backend"], c["model"]): c["precision"] for c in manifest["runtime"]["candidates"]}
+    assert measured[("openvino", "model.xml")] == "bf16"  # computed in bf16 where the CPU has it
+    monkeypatch.setenv("EDGECLIN_CPU_FEATURES", "amx")
+    ir_model = runtime.load(exports_by_kind["amx"], backend="onnxruntime")
+    assert ir_model.predict(["knee pain after a fall"]).labels
+    plain = export(lora_run.output, tmp_path / "no-ir", int8=True, ir=False, max_drop=100.0, quiet=True).manifest
+    assert plain["graphs"] == {} and "model.xml" not in plain["files"]
+    monkeypatch.setattr(graphs.OpenVinoIR, "available", lambda self: False)  # no NNCF: the portable bundle only
+    without = export(lora_run.output, tmp_path / "no-nncf", int8=True, max_drop=100.0, quiet=True).manifest
+    assert "model.xml" not in without["files"]
