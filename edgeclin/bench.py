@@ -1,10 +1,12 @@
 """``edgeclin bench``: latency, throughput, memory, size and accuracy of every variant.
 
 Protocol (../shared/BENCHMARKING.md): speed claims are ratios measured side by side in one
-run. Latency runs all variants in one process, interleaved (A B C A B C ...) after warm-up,
-on synthetic inputs of exact lengths. End-to-end throughput, load time, peak memory and the
-task metric come from a fresh process per variant on a real test split (tokenisation,
-batching and padding included), so one variant's memory never inflates another's.
+run, each variant in its own fresh process (PyTorch's and onnxruntime's idle thread pools
+slow each other down in one process). Latency: synthetic inputs of exact lengths, the variants
+alternated over rounds (A B C A B C ...) after warm-up, percentiles of all rounds' samples and
+the spread of the rounds' medians. End-to-end throughput, load time, peak memory and the task
+metric: a fresh process per variant on a real test split (tokenisation, batching and padding
+included).
 
 The variants of a bundle are the runtime's candidates (``edgeclin.engines``), so a new backend
 is benchmarked without a change here; run folders are measured in PyTorch (fp32, and bf16
@@ -204,29 +206,61 @@ def synthetic_feed(batch: int, length: int, vocab_size: int, input_names: list[s
     return {k: feed[k] for k in input_names}
 
 
+def _latency_in_process(spec: dict) -> list[dict]:
+    """The fresh-process side of ``measure_latency``: one variant, every setting, its samples in milliseconds."""
+    variant = BenchVariant(**spec["variant"])
+    rows = []
+    for threads in spec["threads"]:
+        runner = Runner(variant, threads)
+        _check_lengths({variant.name: runner}, spec["seq_lens"])
+        for length in spec["seq_lens"]:
+            for batch in spec["batch_sizes"]:
+                call = functools.partial(runner.logits, synthetic_feed(batch, length, runner.vocab_size,
+                                                                       runner.input_names))
+                samples = time_interleaved({"call": call}, spec["warmup"], spec["repeats"])["call"]
+                rows.append({"threads": threads, "batch": batch, "seq_len": length, "samples": samples})
+    return rows
+
+
+def _spawn(spec: dict, threads: int) -> dict | list:
+    """Run ``spec`` in a fresh Python process (its own thread pools), return what it printed."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}
+    proc = subprocess.run([sys.executable, "-m", "edgeclin.bench", json.dumps(spec)], capture_output=True,
+                          text=True, env=env, timeout=7200)
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        if last.startswith("edgeclin.errors.EdgeclinError: "):
+            raise EdgeclinError(last.removeprefix("edgeclin.errors.EdgeclinError: "))
+        return {"status": f"failed: {last}"}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def measure_latency(variants: list[BenchVariant], thread_counts: list[int], batch_sizes: list[int],
-                    seq_lens: list[int], warmup: int, repeats: int, progress: bool) -> list[dict]:
-    """p50/p90/p99 per variant, all variants interleaved within each setting."""
+                    seq_lens: list[int], warmup: int, repeats: int, progress: bool, rounds: int = 3) -> list[dict]:
+    """p50/p90/p99 per variant and setting: each variant in a fresh process, the variants alternated over
+    ``rounds`` (A B C A B C ...; ../shared/BENCHMARKING.md); percentiles of all rounds' samples, and the spread of
+    the rounds' medians."""
     from tqdm.auto import tqdm
 
     runnable = [v for v in variants if v.status == "ok"]
-    rows = []
-    bar = tqdm(total=len(thread_counts) * len(batch_sizes) * len(seq_lens) * repeats, desc="latency",
-               disable=not progress, file=sys.stderr)
-    for threads in thread_counts:
-        runners = {v.name: Runner(v, threads) for v in runnable}
-        _check_lengths(runners, seq_lens)
-        for length in seq_lens:
-            for batch in batch_sizes:
-                calls = {name: functools.partial(r.logits, synthetic_feed(batch, length, r.vocab_size, r.input_names))
-                         for name, r in runners.items()}
-                times = time_interleaved(calls, warmup, repeats, after_round=lambda: bar.update(1))
-                rows += [{"variant": name, "precision": runners[name].variant.precision, "threads": threads,
-                          "batch": batch, "seq_len": length, **latency_summary(samples)}
-                         for name, samples in times.items()]
-        del runners
+    pooled: dict[tuple, dict] = {}
+    bar = tqdm(total=rounds * len(runnable), desc="latency", disable=not progress, file=sys.stderr)
+    spec = {"mode": "latency", "threads": thread_counts, "batch_sizes": batch_sizes, "seq_lens": seq_lens,
+            "warmup": warmup, "repeats": repeats}
+    for _ in range(rounds):
+        for variant in runnable:
+            rows = _spawn({**spec, "variant": asdict(variant)}, max(thread_counts))
+            for row in rows if isinstance(rows, list) else []:
+                entry = pooled.setdefault((variant.name, row["threads"], row["batch"], row["seq_len"]),
+                                          {"samples": [], "medians": [], "precision": variant.precision})
+                entry["samples"] += row["samples"]
+                entry["medians"].append(float(np.median(row["samples"])))
+            bar.update(1)
     bar.close()
-    return rows + [{"variant": v.name, "status": v.status} for v in variants if v.status != "ok"]
+    out = [{"variant": name, "precision": e["precision"], "threads": t, "batch": b, "seq_len": n,
+            **latency_summary(e["samples"]), "rounds": len(e["medians"]), "round_p50_min_ms": min(e["medians"]),
+            "round_p50_max_ms": max(e["medians"])} for (name, t, b, n), e in pooled.items()]
+    return out + [{"variant": v.name, "status": v.status} for v in variants if v.status != "ok"]
 
 
 def _check_lengths(runners: dict, seq_lens: list[int]) -> None:
@@ -238,14 +272,10 @@ def _check_lengths(runners: dict, seq_lens: list[int]) -> None:
 def measure_end_to_end(variant: BenchVariant, data: str, max_length: int | None, batch_size: int,
                        threads: int) -> dict:
     """Run in a fresh process: load time, throughput on the test split, metric, peak RSS."""
-    spec = {"variant": asdict(variant), "data": data, "max_length": max_length, "batch_size": batch_size,
-            "threads": threads}
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}
-    proc = subprocess.run([sys.executable, "-m", "edgeclin.bench", json.dumps(spec)], capture_output=True,
-                          text=True, env=env, timeout=7200)
-    if proc.returncode != 0:
-        return {"variant": variant.name, "status": f"failed: {proc.stderr.strip().splitlines()[-1:]}"}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    spec = {"mode": "end_to_end", "variant": asdict(variant), "data": data, "max_length": max_length,
+            "batch_size": batch_size, "threads": threads}
+    result = _spawn(spec, threads)
+    return {"variant": variant.name, **result} if "status" in result else result
 
 
 def _test_examples(runner: Runner, data: Path) -> list:
@@ -305,7 +335,7 @@ def bench(sources: list[str | Path], *, baseline: str | Path | None = None, data
           batch_sizes: tuple[int, ...] = (1, 8, 32), seq_lens: tuple[int, ...] = (128, 512),
           threads: tuple[int, ...] | None = None, warmup: int = 5, repeats: int = 50, max_length: int | None = None,
           e2e_batch_size: int = 32, backends: tuple[str, ...] = tuple(BACKENDS),
-          out: str | Path | None = None, overwrite: bool = False, progress: bool = True) -> Path:
+          out: str | Path | None = None, overwrite: bool = False, progress: bool = True, rounds: int = 3) -> Path:
     """Benchmark every variant of ``sources`` and write results.json/csv, report.md and plots to ``out``."""
     from edgeclin.hardware import environment
     from edgeclin.logs import get_logger
@@ -327,18 +357,20 @@ def bench(sources: list[str | Path], *, baseline: str | Path | None = None, data
     if unknown:
         raise EdgeclinError(f"unknown backend {unknown[0]!r} in --backends (choose from {', '.join(BACKENDS)})")
     thread_counts = list(threads) if threads else sorted({1, os.cpu_count() or 1})
-    latency = measure_latency(variants, thread_counts, list(batch_sizes), list(seq_lens), warmup, repeats, progress)
+    latency = measure_latency(variants, thread_counts, list(batch_sizes), list(seq_lens), warmup, repeats, progress,
+                              rounds)
     end_to_end = _end_to_end(variants, data, max_length, e2e_batch_size, max(thread_counts), progress) \
         if data is not None else []
     results = {"environment": {**environment(), "versions": library_versions(), "git_commit": git_commit(),
                                "threads_measured": thread_counts},
                "config": {"sources": [str(p) for p in paths], "baseline": str(base) if base else None,
                           "data": str(data) if data else None, "batch_sizes": list(batch_sizes),
-                          "seq_lens": list(seq_lens), "warmup": warmup, "repeats": repeats},
+                          "seq_lens": list(seq_lens), "warmup": warmup, "repeats": repeats, "rounds": rounds},
                "variants": [asdict(v) for v in variants], "latency": latency, "end_to_end": end_to_end}
     write_outputs(results, out, overwrite)
     return out
 
 
-if __name__ == "__main__":  # the fresh process of measure_end_to_end
-    print(json.dumps(_worker(json.loads(sys.argv[1]))))
+if __name__ == "__main__":  # the fresh process of measure_latency and measure_end_to_end
+    _spec = json.loads(sys.argv[1])
+    print(json.dumps(_latency_in_process(_spec) if _spec.get("mode") == "latency" else _worker(_spec)))

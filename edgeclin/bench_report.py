@@ -49,8 +49,8 @@ def _baseline_name(results: dict) -> str | None:
 
 
 def _latency_lines(results: dict, baseline: str | None) -> list[str]:
-    lines = ["## Latency (p50 ms, interleaved)", "",
-             "| variant | threads | batch | seq | p50 ms | p90 ms | p99 ms | speed-up |",
+    lines = ["## Latency (ms; each variant in a fresh process, alternated over rounds)", "",
+             "| variant | threads | batch | seq | p50 ms [rounds' min-max] | p90 ms | p99 ms | speed-up |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     base_p50 = {(r["threads"], r["batch"], r["seq_len"]): r["p50_ms"] for r in results["latency"]
                 if r["variant"] == baseline and "p50_ms" in r}
@@ -60,7 +60,8 @@ def _latency_lines(results: dict, baseline: str | None) -> list[str]:
             continue
         ref = base_p50.get((r["threads"], r["batch"], r["seq_len"]))
         ratio = f"{ref / r['p50_ms']:.2f}x" if ref else ""
-        lines.append(f"| {r['variant']} | {r['threads']} | {r['batch']} | {r['seq_len']} | {r['p50_ms']:.2f} | "
+        spread = f" [{r['round_p50_min_ms']:.2f}-{r['round_p50_max_ms']:.2f}]" if "round_p50_min_ms" in r else ""
+        lines.append(f"| {r['variant']} | {r['threads']} | {r['batch']} | {r['seq_len']} | {r['p50_ms']:.2f}{spread} | "
                      f"{r['p90_ms']:.2f} | {r['p99_ms']:.2f} | {ratio} |")
     return lines
 

@@ -385,6 +385,8 @@ def _int_list(text: str) -> tuple[int, ...]:
 @click.option("--threads", default=None, help="Thread counts, e.g. 1,2. Default: 1 and all cores.")
 @click.option("--warmup", type=int, default=5, show_default=True)
 @click.option("--runs", "repeats", type=int, default=50, show_default=True, help="Timed runs per setting.")
+@click.option("--rounds", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Latency rounds: each variant in a fresh process per round, the variants alternated.")
 @click.option("--max-length", type=int, help="Max tokens end to end (default: each variant's trained max length).")
 @click.option("--backends", default=",".join(BACKENDS), show_default=True,
               help="Runtimes to measure bundles with (openvino is skipped, and says so, when not installed).")
@@ -393,8 +395,8 @@ def _int_list(text: str) -> tuple[int, ...]:
 @click.option("--compare", nargs=2, type=click.Path(dir_okay=False), help="Print ratios between two results.json.")
 @click.option("--quiet", is_flag=True)
 @_friendly_errors
-def bench_command(sources, baseline, data, batch_sizes, seq_lens, threads, warmup, repeats, max_length, backends,
-                  out, overwrite, compare, quiet) -> None:
+def bench_command(sources, baseline, data, batch_sizes, seq_lens, threads, warmup, repeats, rounds, max_length,
+                  backends, out, overwrite, compare, quiet) -> None:
     """Latency, throughput, memory, size and accuracy of every variant, against the baseline.
 
     \b
@@ -413,7 +415,7 @@ def bench_command(sources, baseline, data, batch_sizes, seq_lens, threads, warmu
         list(sources), baseline=baseline, data=data, batch_sizes=_int_list(batch_sizes), seq_lens=_int_list(seq_lens),
         threads=_int_list(threads) if threads else None, warmup=warmup, repeats=repeats, max_length=max_length,
         backends=tuple(b.strip() for b in backends.split(",") if b.strip()), out=out, overwrite=overwrite,
-        progress=not quiet)
+        progress=not quiet, rounds=rounds)
     _print_markdown((folder / "report.md").read_text())
     click.echo(f"results in {folder} (report.md, results.json, results.csv, plots)")
 

@@ -14,7 +14,7 @@ from edgeclin.errors import EdgeclinError
 def results_dir(lora_run, bundle, demo_folder, tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "a"
     return bench([lora_run.output, bundle], baseline=lora_run.output, data=demo_folder, batch_sizes=(1, 2),
-                 seq_lens=(16,), threads=(1,), warmup=1, repeats=3, out=out, progress=False)
+                 seq_lens=(16,), threads=(1,), warmup=1, repeats=3, rounds=1, out=out, progress=False)
 
 
 def test_outputs_and_every_variant_measured(results_dir, lora_run, bundle):
@@ -84,7 +84,8 @@ def test_onnxruntime_only_when_openvino_is_missing(bundle, demo_folder, tmp_path
     from edgeclin import engines, runtime
 
     monkeypatch.setattr(engines.BACKENDS["openvino"], "available", lambda: False)
-    out = bench([bundle], batch_sizes=(1,), seq_lens=(8,), threads=(1,), warmup=1, repeats=2, out=tmp_path / "o",
+    out = bench([bundle], batch_sizes=(1,), seq_lens=(8,), threads=(1,), warmup=1, repeats=2, rounds=1,
+                out=tmp_path / "o",
                 progress=False)
     results = json.loads((out / "results.json").read_text())
     statuses = {v["engine"]: v["status"] for v in results["variants"] if v["device"] == "cpu"}
@@ -139,7 +140,7 @@ def test_openvino_fp32_graph_and_auto_backend(lora_run, demo_folder, tmp_path):
         assert model.predict(["knee pain after a fall"]).labels
 
     out = bench([result.bundle], data=demo_folder, batch_sizes=(1,), seq_lens=(16,), threads=(1,), warmup=1,
-                repeats=2, out=tmp_path / "bench", progress=False)
+                repeats=2, rounds=1, out=tmp_path / "bench", progress=False)
     rows = {r["variant"]: r for r in json.loads((out / "results.json").read_text())["end_to_end"]}
     graph = next(name for name in rows if "(fp32 graph)" in name)
     assert rows[graph]["bytes"] == manifest["files"]["model.fp32.onnx"]["bytes"]

@@ -286,7 +286,7 @@ def test_bench_and_cli_on_a_multilabel_bundle(tiny_bert, multilabel_folder, tmp_
                                        "-o", str(tmp_path / "bundle")])
     assert result.exit_code == 0, result.output
     out = bench([tmp_path / "bundle"], data=multilabel_folder, batch_sizes=(1,), seq_lens=(16,), threads=(1,),
-                warmup=1, repeats=2, out=tmp_path / "bench", progress=False)
+                warmup=1, repeats=2, rounds=1, out=tmp_path / "bench", progress=False)
     report = (out / "report.md").read_text()
     assert "micro-F1" in report
     rows = json.loads((out / "results.json").read_text())["end_to_end"]
