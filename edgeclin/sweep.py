@@ -24,7 +24,7 @@ import traceback
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from edgeclin.artifacts import METRICS, RUN_RECORD, partial_dir
+from edgeclin.artifacts import METRICS, RUN_RECORD, PartialRun, partial_dir
 from edgeclin.errors import EdgeclinError
 from edgeclin.files import OutputLock, atomic_file, read_json, safe_name, write_json
 from edgeclin.logs import get_logger
@@ -89,13 +89,16 @@ def _check_options(models: list[str], methods: list[str], seeds: int, search: in
     if not methods:
         raise EdgeclinError("--methods is empty")
     for method in methods:
-        get_method(method)
+        if student_layers(method) is None:
+            get_method(method)
     if len(set(methods)) != len(methods):
         raise EdgeclinError("--methods names a method twice")
     if seeds < 1:
         raise EdgeclinError("--seeds must be at least 1")
     if search < 0:
         raise EdgeclinError("--search must be 0 (off) or a number of trials")
+    if search and any(student_layers(m) for m in methods):
+        raise EdgeclinError("--search tunes the training methods; distill-K cells use the defaults of distill")
     defaults = {f.name: f.default for f in fields(TrainConfig)}
     for key in train_options:
         if key not in defaults or key in CELL_FIELDS:
@@ -268,10 +271,47 @@ def _cell_config(out: Path, cell: Cell, data, options: dict, progress: bool):
                        **{"allow_degenerate": True, **options})
 
 
+DISTILL_PREFIX = "distill-"  # distill-K: a K-layer student of the same model's LoRA cell (same seed)
+
+
+def student_layers(method: str) -> int | None:
+    """K of a ``distill-K`` method name, or None for a training method."""
+    if not method.startswith(DISTILL_PREFIX):
+        return None
+    try:
+        layers = int(method.removeprefix(DISTILL_PREFIX))
+    except ValueError:
+        raise EdgeclinError(f"unknown method {method!r}: distill-K needs a number of layers, e.g. distill-3") from None
+    if layers < 1:
+        raise EdgeclinError(f"{method}: a student needs at least one layer")
+    return layers
+
+
+def _distill_cell(out: Path, cell: Cell, data, options: dict, progress: bool, layers: int) -> str:
+    """A K-layer student of the LoRA cell of the same model and seed (which is trained first if need be)."""
+    from edgeclin import training
+    from edgeclin.distill import distill
+
+    teacher = Cell(cell.model, cell.short, "lora", cell.seed)
+    if not _finished(out, teacher):
+        _train_cell(out, teacher, data, options, progress)
+    folder = out / "runs" / cell.name
+    partial = PartialRun(folder)
+    if partial.path.is_dir() and partial.finished_epoch() and partial.state().get("job", {}).get("kind") == "distill":
+        training.train(resume=folder, progress=progress)
+        return "resumed"
+    passed = {k: v for k, v in options.items() if k in ("epochs", "max_steps", "batch_size", "precision", "device")}
+    distill(out / "runs" / teacher.name, folder, layers=layers, seed=cell.seed, overwrite=True, progress=progress,
+            allow_degenerate=True, **passed)
+    return "distilled"
+
+
 def _train_cell(out: Path, cell: Cell, data, options: dict, progress: bool) -> str:
     """Train one cell: resume its interrupted run when the settings match, else start afresh."""
     from edgeclin import training
 
+    if student_layers(cell.method) is not None:
+        return _distill_cell(out, cell, data, options, progress, student_layers(cell.method))
     config = _cell_config(out, cell, data, options, progress)
     folder = Path(config.output)
     if training.can_resume(folder, config):
@@ -505,7 +545,7 @@ def collect(out: Path, cells: list[Cell], statuses: dict[str, dict]) -> dict:
         # parameters; adapters add their own on top)
         sizes: dict[str, int] = {}
         for entry in task_entry["rows"]:
-            if entry["total_params"] is not None:
+            if entry["total_params"] is not None and student_layers(entry["method"]) is None:
                 sizes[entry["model"]] = min(sizes.get(entry["model"], entry["total_params"]), entry["total_params"])
         full = {e["model"]: e["test_mean"] for e in task_entry["rows"] if e["method"] == "full"}
         for entry in task_entry["rows"]:

@@ -128,3 +128,18 @@ def test_a_student_must_share_the_tokenizer(lora_run, tmp_path):
     with pytest.raises(EdgeclinError, match="another tokenizer than the teacher"):
         distill(lora_run.output, tmp_path / "x", student=other, **QUICK)
     assert not (tmp_path / "x").exists()
+
+
+def test_sweep_distils_each_models_lora_cell(tiny_bert, demo_folder, tmp_path):
+    from edgeclin.sweep import run_sweep
+
+    result = run_sweep([str(tiny_bert)], ["full", "lora", "distill-1"], output=tmp_path, data=str(demo_folder),
+                       progress=False, epochs=1, max_steps=2, batch_size=16, max_length=32, precision="fp32")
+    rows = {r["method"]: r for r in result.summary["tasks"]["single_label_classification"]["rows"]}
+    assert set(rows) == {"full", "lora", "distill-1"}
+    assert rows["distill-1"]["total_params"] < rows["full"]["total_params"] == rows["full"]["model_params"]
+    assert rows["distill-1"]["model_params"] == rows["full"]["total_params"]  # the model's size, not the student's
+    record = json.loads((tmp_path / "runs" / f"{tiny_bert.name}-distill-1-seed0" / "run.json").read_text())
+    assert record["job"]["teacher"].endswith(f"{tiny_bert.name}-lora-seed0")
+    with pytest.raises(EdgeclinError, match="distill-K needs a number of layers"):
+        run_sweep([str(tiny_bert)], ["distill-x"], output=tmp_path / "bad")
