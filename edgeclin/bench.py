@@ -134,6 +134,7 @@ class Runner:
             config = path / "config.json"
             self.positions = max_positions(read_json(config)) if config.exists() else None
             self.tokenizer, self.pad_id = self.predictor.tokenizer, self.predictor.pad_token_id
+            self.rows_per_run = self.predictor.spec.rows_per_run  # as the runtime runs it
 
     def _load_torch(self, path: Path) -> None:
         import torch
@@ -147,6 +148,7 @@ class Runner:
         if run.is_adapter:  # deployable PyTorch is the merged model: no adapter overhead per call
             model = model.merge_and_unload()
         self.model, self.torch = model.to(self.variant.device).eval(), torch
+        self.rows_per_run = None
         self.task, self.labels, self.threshold = run.task, run.labels, run.threshold
         self.input, self.columns = run.input_format, run.columns
         self.tokenizer = load_tokenizer(str(path))
@@ -176,7 +178,7 @@ class Runner:
         strategy = get_task(self.task)
         encoded = strategy.encode(self.tokenizer, examples, None, replace(self.input, max_length=max_length))
         out: list = [None] * len(encoded)
-        for rows in length_sorted_batches(encoded.lengths, batch_size):
+        for rows in length_sorted_batches(encoded.lengths, min(batch_size, self.rows_per_run or batch_size)):
             arrays = pad_arrays([encoded.input_ids[i] for i in rows], [encoded.token_type_ids[i] for i in rows],
                                 self.pad_id)
             logits = self.logits({k: arrays[k] for k in self.input_names})

@@ -326,7 +326,8 @@ def predict(bundle, data_file, output, text_col, text_pair_col, label_col, batch
 @click.option("--api-key-file", type=click.Path(dir_okay=False),
               help="File holding the bearer token clients must send (Authorization: Bearer ...).")
 @click.option("--max-batch", type=click.IntRange(min=1), default=32, show_default=True,
-              help="Most texts run together (concurrent requests are gathered; 1: no micro-batching).")
+              help="Most texts gathered from concurrent requests into one batch (1: no micro-batching); "
+                   "dynamic-int8 bundles still run each text alone, so answers never depend on the batch.")
 @click.option("--max-wait-ms", type=click.FloatRange(min=0), default=5.0, show_default=True,
               help="Longest a text waits for others to join its batch.")
 @click.option("--max-queue", type=click.IntRange(min=1), default=1024, show_default=True,

@@ -14,6 +14,7 @@ Each step is one small function, usable on its own:
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import time
 import warnings
@@ -105,9 +106,9 @@ class Graph:
     model_config: dict
     spec: ModelSpec
 
-    def predictor(self, path: Path):
-        return make_predictor(path, self.folder / "tokenizer.json", self.spec, Candidate("onnxruntime", path.name,
-                                                                                         "fp32"))
+    def predictor(self, path: Path, rows_per_run: int | None = None):
+        spec = dataclasses.replace(self.spec, rows_per_run=rows_per_run)
+        return make_predictor(path, self.folder / "tokenizer.json", spec, Candidate("onnxruntime", path.name, "fp32"))
 
 
 def export_onnx(model_dir: Path, out_dir: Path, opset: int | None = None, task: str = SINGLE_LABEL) -> Path:
@@ -236,8 +237,10 @@ class ExportJob:
                          threshold=self.run.threshold)
         return Graph(path, folder, model_config, spec)
 
-    def score(self, graph: Graph, variant: Variant) -> list:
-        variant.metrics, scores = graph.predictor(variant.path).evaluate(self.examples)
+    def score(self, graph: Graph, variant: Variant, rows_per_run: int | None = None) -> list:
+        """The variant's metrics, run as the runtime will run it (one text per call where its answers would
+        depend on the batch)."""
+        variant.metrics, scores = graph.predictor(variant.path, rows_per_run).evaluate(self.examples)
         return scores
 
     def check_fp32(self, graph: Graph, reference: tuple[dict, list]) -> Variant:
@@ -259,8 +262,9 @@ class ExportJob:
     def quantized(self, graph: Graph, base: Variant, fp32: Variant, recipe: Recipe, index: int) -> Variant:
         path = self.scratch / f"int8-{index}.onnx"
         optimum_config = recipe.apply(base.path, path, lambda count: self.calibration_batches(graph, count))
-        variant = Variant(recipe.label, path, {**recipe.settings(), "optimum_ort_config": optimum_config})
-        self.score(graph, variant)
+        variant = Variant(recipe.label, path, {**recipe.settings(), "batch_independent": recipe.batch_independent,
+                                               "optimum_ort_config": optimum_config})
+        self.score(graph, variant, None if recipe.batch_independent else 1)
         metric = self.task.selection_metric
         variant.judge(fp32.metrics, metric, self.config.max_drop)
         self.say(f"  {recipe.label}: {metric} {100 * variant.metrics[metric]:.1f} ({variant.drop:+.2f} points) "

@@ -29,6 +29,9 @@ class ModelSpec:
     pad_token_id: int = 0
     vocab_size: int | None = None
     threshold: float | None = None  # multi-label decision threshold
+    # texts per engine call: 1 for dynamically quantised graphs, whose activation scales come from the whole
+    # batch, so that a text's answer never depends on the texts beside it; None: any number
+    rows_per_run: int | None = None
 
 
 class OnnxModel:
@@ -72,7 +75,7 @@ class OnnxModel:
     def run_encoded(self, ids: list[list[int]], types: list[list[int]], batch_size: int = 32) -> list[np.ndarray]:
         """Logits of each encoded row (length-sorted batches, dynamic padding), in input order."""
         out: list = [None] * len(ids)
-        for rows in length_sorted_batches([len(x) for x in ids], batch_size):
+        for rows in length_sorted_batches([len(x) for x in ids], min(batch_size, self.spec.rows_per_run or batch_size)):
             arrays = pad_arrays([ids[i] for i in rows], [types[i] for i in rows], self.pad_token_id)
             logits = self.engine({name: arrays[name] for name in self.input_names})
             for row, values in zip(rows, logits, strict=True):

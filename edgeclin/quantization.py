@@ -35,6 +35,7 @@ CalibrationSource = Callable[[int], list[dict]]  # count -> batches of model inp
 
 class Recipe:
     kind: ClassVar[str]
+    batch_independent: ClassVar[bool] = True  # False: a text's answer depends on its batch (run texts one by one)
 
     @property
     def label(self) -> str:
@@ -58,6 +59,7 @@ class Recipe:
 @dataclass(frozen=True)
 class DynamicInt8(Recipe):
     kind = "dynamic"
+    batch_independent = False  # activation scales are computed over the whole input tensor
     isa: str
     quantize: str = "all"
     per_channel: bool = False

@@ -108,10 +108,14 @@ def verify_bundle(path: Path, key: bytes | None = None) -> BundleManifest:
     return BundleManifest.from_dict(manifest)
 
 
-def model_spec(manifest: BundleManifest) -> ModelSpec:
+def model_spec(manifest: BundleManifest, graph: str = MODEL_FILE) -> ModelSpec:
+    quantization = manifest.quantization or {}
+    # bundles from before the flag was recorded: dynamic int8 is the one batch-dependent recipe
+    dependent = not quantization.get("batch_independent", quantization.get("mode") != "dynamic")
+    one_per_run = graph == MODEL_FILE and dependent
     return ModelSpec(task=manifest.task, labels=manifest.labels, input=manifest.input,
                      pad_token_id=manifest.pad_token_id, vocab_size=manifest.vocab_size,
-                     threshold=manifest.threshold)
+                     threshold=manifest.threshold, rows_per_run=1 if one_per_run else None)
 
 
 def make_predictor(model_path: Path, tokenizer_path: Path, spec: ModelSpec, candidate: Candidate, *,
@@ -129,7 +133,8 @@ def bundle_model(path: Path, manifest: BundleManifest, candidate: Candidate | No
     """The predictor of a verified bundle on one candidate (default: onnxruntime on the main graph)."""
     path = Path(path)
     candidate = candidate or Candidate("onnxruntime", MODEL_FILE, manifest.graph_precisions()[MODEL_FILE])
-    return make_predictor(path / candidate.model, path / "tokenizer.json", model_spec(manifest), candidate,
+    return make_predictor(path / candidate.model, path / "tokenizer.json", model_spec(manifest, candidate.model),
+                          candidate,
                           threads=threads, device=device, bundle=path, manifest=manifest, choice=choice)
 
 

@@ -28,6 +28,7 @@ class Task:
     peft_task_type: ClassVar[str]  # peft's TaskType name
     problem_type: ClassVar[str | None] = None  # transformers' problem_type (the loss)
     predictor: ClassVar[type]  # the torch-free predictor class (an edgeclin.inference.OnnxModel)
+    answers_entities: ClassVar[bool] = False  # a prediction is a list of entity spans, not one label
 
     # --- recognising the task ------------------------------------------------------------------
 

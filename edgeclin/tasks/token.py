@@ -178,6 +178,7 @@ class TokenTask(Task):
     auto_model = "AutoModelForTokenClassification"
     peft_task_type = "TOKEN_CLS"
     predictor = Tagger
+    answers_entities = True
 
     def matches_data(self, records: list[dict], columns: Columns, multi_label: bool) -> bool:
         present = {key for record in records for key in record}
