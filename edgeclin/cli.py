@@ -291,14 +291,20 @@ def predict(bundle, data_file, output, text_col, text_pair_col, label_col, batch
       edgeclin predict export/lora --data notes.parquet --spark --master local[2] -o predictions.parquet
     """
     if spark:
+        from edgeclin.runtime import read_key_file
         from edgeclin.spark import predict_files
 
         if output is None:
             raise EdgeclinError("--spark writes Parquet: give the output folder with -o OUT.parquet")
+        if label_col or skip_bad_rows:
+            raise EdgeclinError("--label-col and --skip-bad-rows do not apply with --spark: every row is kept; "
+                                "rows without text get an 'error' value")
         summary = predict_files(bundle, data_file, output, master=master, text_col=text_col,
                                 pair_col=text_pair_col, id_col=id_col, backend=backend, threads=threads,
-                                batch_size=batch_size)
-        click.echo(f"{summary['rows']:,} rows predicted on Spark, written to {output}", err=True)
+                                batch_size=batch_size, overwrite=overwrite,
+                                key=read_key_file(key_file) if key_file else None)
+        click.echo(f"{summary['rows']:,} rows predicted on Spark ({summary['error_rows']:,} with an error value), "
+                   f"written to {output}", err=True)
         return
     if master or id_col:
         raise EdgeclinError("--master and --id-col belong to --spark")

@@ -195,3 +195,9 @@ def test_int8_bundles_carry_a_gated_openvino_ir_with_int8_weights(exports_by_kin
     monkeypatch.setattr(graphs.OpenVinoIR, "available", lambda self: False)  # no NNCF: the portable bundle only
     without = export(lora_run.output, tmp_path / "no-nncf", int8=True, max_drop=100.0, quiet=True).manifest
     assert "model.xml" not in without["files"]
+
+
+def test_openvino_does_not_pin_threads_to_cores(exports_by_kind):
+    """Pinned, every one-thread OpenVINO process (a Spark worker each) starts on core 0 and they share it."""
+    engine = runtime.load(exports_by_kind["amx"], backend="openvino", threads=1).engine
+    assert engine.compiled.get_property("ENABLE_CPU_PINNING") is False
