@@ -191,7 +191,9 @@ def deploy_bytes(variant: BenchVariant) -> int:
     """Bytes on disk of what must be deployed to run the variant."""
     path = Path(variant.source)
     if variant.engine != "torch":
-        return (path / variant.model_file).stat().st_size
+        graph = path / variant.model_file
+        weights = graph.with_suffix(".bin") if graph.suffix == ".xml" else None  # an OpenVINO IR's weights
+        return graph.stat().st_size + (weights.stat().st_size if weights and weights.exists() else 0)
     total = sum(p.stat().st_size for p in path.glob("*.safetensors"))
     if (path / "adapter_config.json").exists():
         from edgeclin.artifacts import open_model_folder

@@ -145,3 +145,14 @@ def test_openvino_fp32_graph_and_auto_backend(lora_run, demo_folder, tmp_path):
     graph = next(name for name in rows if "(fp32 graph)" in name)
     assert rows[graph]["bytes"] == manifest["files"]["model.fp32.onnx"]["bytes"]
     assert rows[graph]["metrics"]["macro_f1"] is not None
+
+
+def test_an_openvino_ir_counts_its_weights(tmp_path):
+    from edgeclin.bench import BenchVariant, deploy_bytes
+
+    (tmp_path / "model.xml").write_bytes(b"x" * 10)
+    (tmp_path / "model.bin").write_bytes(b"w" * 1000)
+    (tmp_path / "model.onnx").write_bytes(b"o" * 100)
+    ir = BenchVariant("b: openvino bf16", str(tmp_path), "openvino", "bf16", model_file="model.xml")
+    assert deploy_bytes(ir) == 1010
+    assert deploy_bytes(BenchVariant("b: onnxruntime int8", str(tmp_path), "onnxruntime", "int8")) == 100
