@@ -305,6 +305,14 @@ class BundleManifest:
 UNSIGNED = ("manifest_sha256", "signature")  # the checks themselves
 
 
+def manifest_digest(path: str | Path) -> str:
+    """sha256 hex of a bundle's manifest.json: it lists every other file's sha256, so it names the bundle."""
+    manifest = Path(path) / MANIFEST
+    if not manifest.is_file():
+        raise EdgeclinError(f"{path} is not an edgeclin bundle (no {MANIFEST})")
+    return hashlib.sha256(manifest.read_bytes()).hexdigest()
+
+
 def content_digest(content: dict) -> str:
     return hashlib.sha256(canonical_json(content).encode()).hexdigest()
 

@@ -7,14 +7,13 @@ every other file), and the metadata both protocols report.
 
 from __future__ import annotations
 
-import hashlib
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgeclin import runtime
-from edgeclin.artifacts import MANIFEST
+from edgeclin.artifacts import manifest_digest
 from edgeclin.inference import OnnxModel
 from edgeclin.logs import get_logger
 from edgeclin.schema import Example
@@ -117,7 +116,7 @@ def load_model(name: str, path: Path, *, threads: int | None, backend: str, max_
     """Verify and load one bundle (the same checks and messages as ``edgeclin predict``), then warm it up."""
     started = time.perf_counter()
     predictor = runtime.load(path, threads=threads, backend=backend)
-    digest = "sha256:" + hashlib.sha256((Path(path) / MANIFEST).read_bytes()).hexdigest()
+    digest = "sha256:" + manifest_digest(path)
     texts_per_run = runs_of(predictor, max_batch)
     model = ServedModel(name, Path(path), predictor, digest, 0.0, texts_per_run)
     model.worker.submit(model.warm_up).result()

@@ -12,7 +12,6 @@ The bundle reaches the executors either from a path they all read (a shared file
 from __future__ import annotations
 
 import atexit
-import hashlib
 import os
 import shutil
 import tempfile
@@ -20,7 +19,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgeclin.artifacts import MANIFEST, BundleManifest
+from edgeclin.artifacts import BundleManifest, manifest_digest
 from edgeclin.errors import EdgeclinError
 from edgeclin.runtime import KEY_FILE_VARIABLE, read_key_file, verify_bundle
 
@@ -38,13 +37,6 @@ class BundleRef:
     @property
     def name(self) -> str:
         return Path(self.path).name
-
-
-def manifest_digest(path: Path) -> str:
-    manifest = Path(path) / MANIFEST
-    if not manifest.is_file():
-        raise EdgeclinError(f"{path} is not an edgeclin bundle (no {MANIFEST})")
-    return hashlib.sha256(manifest.read_bytes()).hexdigest()
 
 
 def verify_on_driver(bundle: str | Path, key: bytes | None = None) -> tuple[BundleManifest, BundleRef]:
