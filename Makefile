@@ -44,8 +44,8 @@ demo: $(STAMP)
 	$(BIN)/edgeclin export runs/demo --int8 --output export/demo --overwrite
 	$(BIN)/edgeclin demo-data data/demo
 	$(BIN)/edgeclin predict export/demo --data data/demo/test.csv --output runs/demo-predictions.csv --overwrite
-	$(BIN)/edgeclin bench runs/demo export/demo --baseline runs/demo --data data/demo --batch-sizes 1,8 \
-		--seq-lens 128 --threads 1 --warmup 5 --runs 50 --rounds 2 --out bench/demo --overwrite --quiet
+	$(BIN)/edgeclin bench runs/demo export/demo --baseline runs/demo --data data/demo --batch-sizes 1 \
+		--seq-lens 128 --threads 1 --warmup 3 --runs 20 --rounds 1 --out bench/demo --overwrite --quiet
 	@echo ""
 	@echo "demo done:"
 	@echo "  run (adapter, metrics, model card)  runs/demo/"
