@@ -38,9 +38,10 @@ $(STAMP): pyproject.toml
 
 # The whole path on the built-in model and synthetic notes, offline: train LoRA (prints test
 # metrics), export a gated int8 bundle, predict the test notes with it (torch-free), and a short
-# bench of the variants (prints the report).
+# bench of the variants (prints the report). Two epochs, not the default four, so that a first run
+# ends within 5 minutes on 2 cores (validation macro-F1 91.0 after two, 92.0 after four).
 demo: $(STAMP)
-	$(BIN)/edgeclin train --output runs/demo --overwrite
+	$(BIN)/edgeclin train --epochs 2 --output runs/demo --overwrite
 	$(BIN)/edgeclin export runs/demo --int8 --output export/demo --overwrite
 	$(BIN)/edgeclin demo-data data/demo
 	$(BIN)/edgeclin predict export/demo --data data/demo/test.csv --output runs/demo-predictions.csv --overwrite

@@ -8,7 +8,8 @@ each setting's worst case (over datasets and seeds), its mean, and how many runs
 chosen default of a method is the setting with the best worst case, no collapse, and a mean within
 a point of the method's best mean.
 
-    .venv/bin/python benchmarks/search_robust_defaults.py [--methods lora,full] [--jobs 2]
+    .venv/bin/python benchmarks/search_robust_defaults.py [--methods lora,full] [--settings 'lr 2e-3;lr 4e-3']
+        [--jobs 2] [--finished-only]
 
 Writes benchmarks/results/search_robust_defaults.{json,md}. Finished runs are reused on a rerun.
 """
@@ -61,9 +62,14 @@ def multilabel_fixture(work: Path) -> Path:
     return folder
 
 
+def run_folder(job: tuple, work: Path) -> Path:
+    dataset, method, setting, _, seed, _ = job
+    return work / "runs" / f"{dataset.split()[0]}-{method}-{setting.replace(' ', '_').replace(',', '')}-seed{seed}"
+
+
 def run_one(job: tuple, work: Path) -> dict:
     dataset, method, setting, options, seed, data = job
-    out = work / "runs" / f"{dataset.split()[0]}-{method}-{setting.replace(' ', '_').replace(',', '')}-seed{seed}"
+    out = run_folder(job, work)
     row = {"dataset": dataset, "method": method, "setting": setting, "seed": seed}
     if not (out / "metrics.json").exists():
         cmd = [sys.executable, "-m", "edgeclin", "train", "--data", str(data), "--method", method, "--seed", str(seed),
@@ -82,18 +88,25 @@ def run_one(job: tuple, work: Path) -> dict:
     return row
 
 
+def task_group(dataset: str) -> str:
+    """Defaults are chosen per group: NER has its own (edgeclin/defaults.py), the classification tasks share one."""
+    return "NER" if "NER" in dataset else "classification"
+
+
 def summarise(rows: list[dict]) -> list[dict]:
     ok = [r for r in rows if "error" not in r]
     best = {d: max(r["valid"] for r in ok if r["dataset"] == d) for d in {r["dataset"] for r in ok}}
     table = []
-    for method, setting in dict.fromkeys((r["method"], r["setting"]) for r in rows):
-        mine = [r for r in ok if (r["method"], r["setting"]) == (method, setting)]
+    for method, setting, group in dict.fromkeys((r["method"], r["setting"], task_group(r["dataset"])) for r in rows):
+        def same(r, method=method, setting=setting, group=group):
+            return (r["method"], r["setting"], task_group(r["dataset"])) == (method, setting, group)
+
+        mine = [r for r in ok if same(r)]
         ratios = [r["valid"] / best[r["dataset"]] if best[r["dataset"]] else 0.0 for r in mine]
         per_dataset = {d: sum(r["valid"] for r in mine if r["dataset"] == d) / max(1, sum(r["dataset"] == d
                                                                                        for r in mine)) for d in best}
-        table.append({"method": method, "setting": setting, "runs": len(mine),
-                      "failed": sum(1 for r in rows if (r["method"], r["setting"]) == (method, setting)
-                                    and "error" in r),
+        table.append({"method": method, "setting": setting, "group": group, "runs": len(mine),
+                      "failed": sum(1 for r in rows if same(r) and "error" in r),
                       "collapsed": sum(bool(r["degenerate"]) for r in mine),
                       "worst": min(ratios) if ratios else None, "mean": sum(ratios) / len(ratios) if ratios else None,
                       "per_dataset_valid": per_dataset})
@@ -101,13 +114,17 @@ def summarise(rows: list[dict]) -> list[dict]:
 
 
 def choose(table: list[dict]) -> dict[str, str]:
+    """Per method and task group: the best worst case among the settings that never collapsed, never failed
+    and have a mean within a point of the best mean. Keys: "method / group"."""
     chosen = {}
-    for method in dict.fromkeys(t["method"] for t in table):
-        mine = [t for t in table if t["method"] == method and t["mean"] is not None]
+    for method, group in dict.fromkeys((t["method"], t["group"]) for t in table):
+        mine = [t for t in table if (t["method"], t["group"]) == (method, group) and t["mean"] is not None]
+        if not mine:
+            continue
         best_mean = max(t["mean"] for t in mine)
         fine = [t for t in mine if not t["collapsed"] and not t["failed"] and t["mean"] >= best_mean - 0.01]
         pick = max(fine or mine, key=lambda t: (t["worst"], t["mean"]))
-        chosen[method] = pick["setting"]
+        chosen[f"{method} / {group}"] = pick["setting"]
     return chosen
 
 
@@ -115,18 +132,29 @@ def write(rows: list[dict]) -> None:
     table = summarise(rows)
     chosen = choose(table)
     datasets = sorted({r["dataset"] for r in rows})
-    lines = ["| method | setting | worst (of best) | mean (of best) | collapsed | "
+    lines = ["| method | tasks | setting | worst (of best) | mean (of best) | collapsed | "
              + " | ".join(f"{d} valid" for d in datasets) + " | chosen |",
-             "|---|---|---:|---:|---:|" + "---:|" * len(datasets) + "---|"]
+             "|---|---|---|---:|---:|---:|" + "---:|" * len(datasets) + "---|"]
     for t in table:
-        cells = " | ".join(f"{100 * t['per_dataset_valid'].get(d, 0):.1f}" for d in datasets)
-        mark = "**yes**" if chosen[t["method"]] == t["setting"] else ""
-        lines.append(f"| {t['method']} | {t['setting']} | {t['worst']:.3f} | {t['mean']:.3f} | "
+        cells = " | ".join(f"{100 * t['per_dataset_valid'][d]:.1f}" if t["per_dataset_valid"].get(d) else ""
+                           for d in datasets)
+        mark = "**yes**" if chosen.get(f"{t['method']} / {t['group']}") == t["setting"] else ""
+        worst, mean = (f"{t[k]:.3f}" if t[k] is not None else "–" for k in ("worst", "mean"))
+        lines.append(f"| {t['method']} | {t['group']} | {t['setting']} | {worst} | {mean} | "
                      f"{t['collapsed']}/{t['runs']} | {cells} | {mark} |")
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "search_robust_defaults.json").write_text(json.dumps({"rows": rows, "table": table,
-                                                                     "chosen": chosen}, indent=2) + "\n")
-    (RESULTS / "search_robust_defaults.md").write_text("\n".join(lines) + f"\n\nCommand: `{' '.join(sys.argv)}`\n")
+    sys.path.insert(0, str(ROOT))
+    from edgeclin.hardware import environment
+    from edgeclin.provenance import git_commit, library_versions
+
+    record = {"rows": rows, "table": table, "chosen": chosen, "environment": environment(),
+              "versions": library_versions(), "commit": git_commit(), "command": " ".join(sys.argv)}
+    (RESULTS / "search_robust_defaults.json").write_text(json.dumps(record, indent=2) + "\n")
+    env = record["environment"]
+    (RESULTS / "search_robust_defaults.md").write_text(
+        "\n".join(lines) + f"\n\nChosen (method / tasks: setting): {chosen}\n\nCommand: `{record['command']}`; "
+        f"CPU {env['cpu']} (flags: {', '.join(env['isa'])}), {env['cores']} cores, one thread per run; "
+        f"torch {record['versions'].get('torch')}, commit {record['commit']}.\n")
     print("\n".join(lines))
 
 
@@ -134,12 +162,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--methods", default="lora,full")
     parser.add_argument("--datasets", default=",".join(DATASETS))
+    parser.add_argument("--settings", help="Only these settings (names, ';'-separated, e.g. 'lr 2e-3;lr 4e-3').")
     parser.add_argument("--jobs", type=int, default=2, help="Runs at a time (one thread each).")
+    parser.add_argument("--finished-only", action="store_true",
+                        help="Tabulate the runs already finished in --work; start none (the table says how many).")
     parser.add_argument("--work", type=Path, default=Path("/tmp/edgeclin-robust-search"))
     args = parser.parse_args()
     data = {d: DATASETS[d][0] or multilabel_fixture(args.work) for d in args.datasets.split(",")}
-    jobs = [(d, m, name, opts, seed, data[d]) for m in args.methods.split(",") for name, opts in SETTINGS[m]
-            for d in data for seed in SEEDS]
+    keep = args.settings.split(";") if args.settings else None
+    # seed-major: every setting gets one seed on every dataset before any gets a second
+    jobs = [(d, m, name, opts, seed, data[d]) for seed in SEEDS for m in args.methods.split(",")
+            for name, opts in SETTINGS[m] if keep is None or name in keep for d in data]
+    if args.finished_only:
+        jobs = [job for job in jobs if (run_folder(job, args.work) / "metrics.json").exists()]
     with ThreadPoolExecutor(args.jobs) as pool:
         rows = list(pool.map(lambda job: run_one(job, args.work), jobs))
     write(rows)

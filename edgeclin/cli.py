@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from edgeclin.defaults import describe
 from edgeclin.engines import BACKENDS
 from edgeclin.errors import EdgeclinError
 from edgeclin.hardware import INT8_PRESETS, PRECISIONS
@@ -87,21 +88,22 @@ def main() -> None:
               show_default=True, help="lora: low-rank adapters and the head; full: every weight (the baseline); "
               "ia3, prefix, prompt, ptuning: the other PEFT methods of Taylor et al. 2024 (only lora, ia3 and full "
               "export to ONNX).")
-@click.option("--lora-r", type=click.IntRange(min=1), default=8, show_default=True, help="LoRA rank.")
-@click.option("--lora-alpha", type=click.IntRange(min=1), default=16, show_default=True,
-              help="LoRA scaling numerator (scale = alpha / r).")
+@click.option("--lora-r", type=click.IntRange(min=1), help=f"LoRA rank. Default: {describe('lora_r', ('lora',))}.")
+@click.option("--lora-alpha", type=click.IntRange(min=1),
+              help=f"LoRA scaling numerator (scale = alpha / r). Default: {describe('lora_alpha', ('lora',))}.")
 @click.option("--lora-dropout", type=click.FloatRange(0, 1, max_open=True), default=0.1, show_default=True,
               help="Dropout on the LoRA branch.")
-@click.option("--target-modules", default="attention", show_default=True,
-              help="LoRA targets: qv, qkv, attention (q,k,v,output), all-linear, or a comma list of module names.")
+@click.option("--target-modules",
+              help="LoRA targets: qv, qkv, attention (q,k,v,output), all-linear, or a comma list of module names. "
+              f"Default: {describe('target_modules', ('lora',))}.")
 @click.option("--num-virtual-tokens", type=click.IntRange(min=1), default=10, show_default=True,
               help="Virtual tokens for prefix, prompt and P-tuning.")
-@click.option("--epochs", type=click.IntRange(min=1), default=4, show_default=True,
-              help="Passes over the training split.")
+@click.option("--epochs", type=click.IntRange(min=1),
+              help=f"Passes over the training split. Default: {describe('epochs')}.")
 @click.option("--max-steps", type=click.IntRange(min=1), help="Stop after this many optimizer steps.")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True),
-              help="Learning rate. Default per method: lora 4e-3, full 2e-4 "
-              "(ia3, prompt, ptuning 1e-3; prefix 1e-2).")
+              help=f"Learning rate. Default: {describe('lr')}. Options left out take the defaults of the method "
+              "and of the task the data holds; run.json says which applied and why.")
 @click.option("--warmup-ratio", type=click.FloatRange(0, 1), default=0.1, show_default=True,
               help="Fraction of steps spent warming up.")
 @click.option("--schedule", type=click.Choice(SCHEDULES), default="linear",

@@ -82,7 +82,6 @@ def head_modules_to_save(model_type: str) -> list[str] | None:
 @dataclass(frozen=True)
 class Method:
     name: str
-    default_lr: float
     mergeable: bool  # can the result be folded into plain model weights?
     saves_adapter: bool
     build: Callable  # (model, TrainConfig, task, new_weights) -> trainable model
@@ -91,9 +90,12 @@ class Method:
     def prepare(self, model, config, *, task=None, new_weights: list[str] | tuple = ()):
         """The trainable model. ``task``: its strategy (default: read from the model's class);
         ``new_weights``: weights that started random, which train in full."""
+        from edgeclin.defaults import fill_defaults
         from edgeclin.tasks import task_of_model
 
-        return self.build(model, config, task or task_of_model(model), list(new_weights))
+        task = task or task_of_model(model)
+        config, _ = fill_defaults(config, task.name)  # options left out: the task's defaults (as train does)
+        return self.build(model, config, task, list(new_weights))
 
 
 def _task_type(task):
@@ -193,17 +195,16 @@ NOT_MERGEABLE = ("its trained virtual tokens are extra inputs to every layer, no
                  "so they cannot be folded into a plain model; deploy it with PyTorch and peft, or train with "
                  "--method lora or ia3 for an exportable model")
 
-# Default learning rates: LoRA and full from benchmarks/search_defaults.py (see README, "Defaults");
-# the others start from Taylor et al. 2024's (1e-3 IA3, prompt, P-tuning; 1e-2 prefix tuning).
+# Each method's defaults (learning rate, LoRA rank and targets, epochs) per task: edgeclin/defaults.py.
 METHODS: dict[str, Method] = {m.name: m for m in (
-    Method("full", default_lr=2e-4, mergeable=True, saves_adapter=False, build=_prepare_full),
-    Method("lora", default_lr=4e-3, mergeable=True, saves_adapter=True, build=_prepare_lora, peft_type="LORA"),
-    Method("ia3", default_lr=1e-3, mergeable=True, saves_adapter=True, build=_prepare_ia3, peft_type="IA3"),
-    Method("prefix", default_lr=1e-2, mergeable=False, saves_adapter=True, build=_prompt_learning("prefix"),
+    Method("full", mergeable=True, saves_adapter=False, build=_prepare_full),
+    Method("lora", mergeable=True, saves_adapter=True, build=_prepare_lora, peft_type="LORA"),
+    Method("ia3", mergeable=True, saves_adapter=True, build=_prepare_ia3, peft_type="IA3"),
+    Method("prefix", mergeable=False, saves_adapter=True, build=_prompt_learning("prefix"),
            peft_type="PREFIX_TUNING"),
-    Method("prompt", default_lr=1e-3, mergeable=False, saves_adapter=True, build=_prompt_learning("prompt"),
+    Method("prompt", mergeable=False, saves_adapter=True, build=_prompt_learning("prompt"),
            peft_type="PROMPT_TUNING"),
-    Method("ptuning", default_lr=1e-3, mergeable=False, saves_adapter=True, build=_prompt_learning("ptuning"),
+    Method("ptuning", mergeable=False, saves_adapter=True, build=_prompt_learning("ptuning"),
            peft_type="P_TUNING"),
 )}
 

@@ -25,10 +25,11 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from edgeclin.artifacts import METRICS, RUN_RECORD, PartialRun, partial_dir
+from edgeclin.defaults import ANY_TASK, defaults_for
 from edgeclin.errors import EdgeclinError
 from edgeclin.files import OutputLock, atomic_file, read_json, safe_name, write_json
 from edgeclin.logs import get_logger
-from edgeclin.methods import METHODS, get_method
+from edgeclin.methods import get_method
 from edgeclin.models import INITS
 
 log = get_logger(__name__)
@@ -367,6 +368,17 @@ def _valid_score(metrics: dict) -> float:
     return float(best["valid"][metric])
 
 
+def _task_name(data: str | None, options: dict) -> str:
+    """The task of the sweep's data (its training file's header), for the task's default learning rate."""
+    from edgeclin.data import detect_task, find_split_files
+    from edgeclin.training_config import TrainConfig
+
+    if data is None or not Path(data).is_dir():
+        return ANY_TASK  # the built-in demo notes: single-label, the general defaults
+    config = TrainConfig(**options)
+    return detect_task(find_split_files(Path(data))["train"], config.columns, config.multi_label).name
+
+
 def _search(out: Path, first: Cell, data, options: dict, trials: int, progress: bool, say) -> dict:
     """Optuna over the learning rate (LoRA: also rank and alpha), one run folder per trial.
 
@@ -384,7 +396,7 @@ def _search(out: Path, first: Cell, data, options: dict, trials: int, progress: 
     key = f"{first.short}-{first.method}"
     folder = out / "search" / key
     folder.mkdir(parents=True, exist_ok=True)
-    base_lr = options.get("lr") or METHODS[first.method].default_lr
+    base_lr = options.get("lr") or defaults_for(first.method, _task_name(data, options)).lr
     distributions = {"lr": FloatDistribution(base_lr * LR_FACTORS[0], base_lr * LR_FACTORS[1], log=True)}
     if first.method == "lora":
         distributions["lora_r"] = CategoricalDistribution(LORA_RANKS)

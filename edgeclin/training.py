@@ -33,6 +33,8 @@ from edgeclin.artifacts import (
     partial_dir,
 )
 from edgeclin.data import DEMO_DATA, describe, load_dataset
+from edgeclin.defaults import FIELDS as DEFAULTED_FIELDS
+from edgeclin.defaults import fill_defaults
 from edgeclin.encoding import EncodedSplit, length_sorted_batches
 from edgeclin.errors import EdgeclinError
 from edgeclin.files import OutputFolder, OutputLock, check_output_free, read_json, replace_folder, safe_name, write_json
@@ -199,7 +201,9 @@ def can_resume(output: Path, config: TrainConfig) -> bool:
     """Does ``output`` have an interrupted run with these options (all but where and how it reports)?"""
     stored = PartialRun(output).stored_config() if partial_dir(output).is_dir() else None
     ignored = ("output", "overwrite", "progress")
-    return stored is not None and all(getattr(stored, k) == v for k, v in asdict(config).items() if k not in ignored)
+    # an option left to its default (None) matches the value the run filled in for it
+    return stored is not None and all(getattr(stored, k) == v or (v is None and k in DEFAULTED_FIELDS)
+                                      for k, v in asdict(config).items() if k not in ignored)
 
 
 def _resume(path: Path, progress: bool | None) -> TrainResult:
@@ -232,6 +236,7 @@ def prepare_run(config: TrainConfig, job: Job | None = None) -> Setup:
     device = resolve_device(config.device)
     dataset = _load_data(config)
     task = get_task(dataset.task)
+    config, defaults = fill_defaults(config, task.name)  # the task is known only now
     model_ref = resolve_model(config.model, init=config.init)
     _set_seed(config.seed)
     tokenizer = load_tokenizer(model_ref.path)
@@ -242,7 +247,7 @@ def prepare_run(config: TrainConfig, job: Job | None = None) -> Setup:
     model = method.prepare(loaded.model, config, task=task, new_weights=loaded.new_weights)
     trainable, total = _count_parameters(model)
     resolved = Resolved(model_path=model_ref.path, model_source=model_ref.source, init=model_ref.init,
-                        lr=config.lr if config.lr is not None else method.default_lr, device=device,
+                        lr=config.lr, device=device, defaults=defaults,
                         precision=resolve_precision(config.precision, device), labels=dataset.labels, task=task.name,
                         base_model=model_ref.path if method.saves_adapter else None,
                         max_grad_norm=config.max_grad_norm or None)

@@ -27,14 +27,15 @@ class TrainConfig:
     skip_bad_rows: bool = False
     limit: int | None = None
     method: str = "lora"
-    lora_r: int = 8
-    lora_alpha: int = 16
+    # None: the method's default for the task (edgeclin/defaults.py), filled once the data is read
+    lora_r: int | None = None
+    lora_alpha: int | None = None
     lora_dropout: float = 0.1
-    target_modules: str = "attention"
+    target_modules: str | None = None
     num_virtual_tokens: int = 10  # prefix, prompt and P-tuning
-    epochs: int = 4
+    epochs: int | None = None
     max_steps: int | None = None
-    lr: float | None = None  # None: the method's default
+    lr: float | None = None
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1
     schedule: str = "linear"
@@ -74,10 +75,10 @@ class TrainConfig:
             raise EdgeclinError(f"--truncation must be one of {', '.join(TRUNCATION_STRATEGIES)}")
         if self.schedule not in SCHEDULES:
             raise EdgeclinError(f"--schedule must be one of {', '.join(SCHEDULES)}")
-        for name in ("epochs", "batch_size", "grad_accum", "lora_r", "num_virtual_tokens"):
+        for name in ("batch_size", "grad_accum", "num_virtual_tokens"):
             if getattr(self, name) < 1:
                 raise EdgeclinError(f"--{name.replace('_', '-')} must be at least 1")
-        for name in ("max_steps", "limit", "early_stopping_patience"):
+        for name in ("epochs", "lora_r", "lora_alpha", "max_steps", "limit", "early_stopping_patience"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise EdgeclinError(f"--{name.replace('_', '-')} must be at least 1")
         if self.max_length < 8:

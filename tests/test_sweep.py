@@ -113,7 +113,7 @@ def test_failed_cell_is_recorded_and_sweep_continues(tiny_bert, demo_folder, tmp
     def refuse(*args):
         raise EdgeclinError("prefix tuning works on bert models only, not testbert")
 
-    monkeypatch.setitem(methods.METHODS, "prefix", methods.Method("prefix", 1e-2, False, True, refuse))
+    monkeypatch.setitem(methods.METHODS, "prefix", methods.Method("prefix", False, True, refuse))
     result = run_sweep([str(tiny_bert)], ["full", "prefix"], output=tmp_path, data=str(demo_folder),
                        progress=False, **FAST)
     statuses = {c["method"]: c["status"] for c in result.summary["cells"]}

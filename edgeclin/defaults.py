@@ -1,0 +1,89 @@
+"""The training defaults of each method for each kind of task, and the measurement each one rests on.
+
+An option the user leaves out (``None`` in ``TrainConfig``) is filled from here once the data has
+told the task, so a NER run gets NER settings without any option. The run record keeps what was
+filled and why (``run.json``: ``resolved.defaults``). Every value here comes from a script in
+``benchmarks/``; ``tests/test_defaults.py`` holds this table to those results.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+
+from edgeclin.errors import EdgeclinError
+
+ANY_TASK = "*"
+FIELDS = ("lr", "epochs", "target_modules", "lora_r", "lora_alpha")  # the options a default may fill
+LORA_FIELDS = ("target_modules", "lora_r", "lora_alpha")  # meaningful for LoRA only
+
+
+@dataclass(frozen=True)
+class Defaults:
+    lr: float
+    why: str  # the measurement behind these values (a benchmarks/ results file)
+    epochs: int = 4
+    target_modules: str = "attention"
+    lora_r: int = 8
+    lora_alpha: int = 16
+
+    def values(self) -> dict:
+        return {name: value for name, value in asdict(self).items() if name in FIELDS}
+
+
+SEARCH = "benchmarks/results/search_defaults.md"
+PAPER = "Taylor et al. 2024's learning rate; at a few hundred steps it may not leave the majority class (README)"
+DEFAULTS: dict[tuple[str, str], Defaults] = {
+    ("full", ANY_TASK): Defaults(2e-4, f"best mean validation macro-F1 of 1e-4/2e-4/4e-4 ({SEARCH})"),
+    ("lora", ANY_TASK): Defaults(4e-3, f"best mean validation macro-F1 of lr 1e-3/2e-3/4e-3/8e-3, r8 a16, "
+                                       f"attention and all-linear targets ({SEARCH})"),
+    # token tagging needs the feed-forward layers and more steps: 81.0 entity F1 against the full
+    # fine-tune's 82.5 on ncbi_disease, where the classification defaults reached 76.4
+    ("lora", "token_classification"): Defaults(2e-3, "NER: 81.0 entity F1 vs 82.5 for the full fine-tune on "
+                                                     "ncbi_disease (benchmarks/results/confirm_ner.md)",
+                                               epochs=6, target_modules="all-linear", lora_r=16, lora_alpha=32),
+    ("ia3", ANY_TASK): Defaults(1e-3, PAPER),
+    ("prefix", ANY_TASK): Defaults(1e-2, PAPER),
+    ("prompt", ANY_TASK): Defaults(1e-3, PAPER),
+    ("ptuning", ANY_TASK): Defaults(1e-3, PAPER),
+}
+
+
+def defaults_for(method: str, task: str = ANY_TASK) -> Defaults:
+    """The defaults of ``method`` on ``task`` (a task strategy's name), or the method's general ones."""
+    try:
+        return DEFAULTS.get((method, task)) or DEFAULTS[(method, ANY_TASK)]
+    except KeyError:
+        raise EdgeclinError(f"no training defaults for method {method!r}") from None
+
+
+def fill_defaults(config, task: str):
+    """``config`` with every option left as None filled for ``method`` on ``task``, and the record of
+    what was filled and why (empty when the user gave every option)."""
+    chosen = defaults_for(config.method, task)
+    filled = {name: value for name, value in chosen.values().items() if getattr(config, name) is None}
+    shown = {name: value for name, value in filled.items() if config.method == "lora" or name not in LORA_FIELDS}
+    record = {"method": config.method, "task": task, "applied": shown, "why": chosen.why} if shown else {}
+    return replace(config, **filled), record
+
+
+TASK_NAMES = {"token_classification": "NER", "multi_label_classification": "multi-label",
+              "single_label_classification": "single-label"}
+
+
+def describe(name: str, methods: tuple[str, ...] | None = None) -> str:
+    """One option's defaults for ``--help``, from the table: e.g. ``4 (lora on NER 6)``."""
+    rows = {key: _shown(getattr(d, name)) for key, d in DEFAULTS.items() if methods is None or key[0] in methods}
+    general = [value for key, value in rows.items() if key[1] == ANY_TASK]
+    base = max(general, key=general.count)
+    special = [f"{_who(key)} {value}" for key, value in rows.items() if value != base]
+    return base + (f" ({'; '.join(special)})" if special else "")
+
+
+def _who(key: tuple[str, str]) -> str:
+    """``lora``, or ``lora on NER`` for a task's own entry."""
+    method, task_name = key
+    return method if task_name == ANY_TASK else f"{method} on {TASK_NAMES.get(task_name, task_name)}"
+
+
+def _shown(value) -> str:
+    return f"{value:.1e}".replace(".0e", "e").replace("e-0", "e-") if isinstance(value, float) else str(value)

@@ -1,0 +1,89 @@
+"""Task-aware training defaults: what fills an option left out, what the run records, and that the table
+in the code is the one the benchmarks measured."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from edgeclin.defaults import ANY_TASK, DEFAULTS, FIELDS, defaults_for, describe, fill_defaults
+from edgeclin.errors import EdgeclinError
+from edgeclin.methods import METHODS
+from edgeclin.training import TrainConfig, train
+
+RESULTS = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
+TOKEN = "token_classification"
+
+
+def test_every_method_has_general_defaults():
+    assert {method for method, task in DEFAULTS if task == ANY_TASK} == set(METHODS)
+    with pytest.raises(EdgeclinError, match="no training defaults"):
+        defaults_for("nonsense")
+
+
+def test_ner_lora_takes_the_ner_settings_and_says_why():
+    config, record = fill_defaults(TrainConfig(method="lora"), TOKEN)
+    assert (config.target_modules, config.lora_r, config.lora_alpha, config.lr, config.epochs) == \
+        ("all-linear", 16, 32, 2e-3, 6)
+    assert record["task"] == TOKEN and set(record["applied"]) == set(FIELDS) and "confirm_ner" in record["why"]
+
+
+def test_given_options_are_kept_and_not_listed_as_defaults():
+    config, record = fill_defaults(TrainConfig(method="lora", lr=1e-3, lora_r=4), TOKEN)
+    assert config.lr == 1e-3 and config.lora_r == 4 and config.lora_alpha == 32
+    assert "lr" not in record["applied"] and "lora_r" not in record["applied"]
+    _, nothing = fill_defaults(TrainConfig(method="full", lr=1e-4, epochs=2, target_modules="qv", lora_r=8,
+                                           lora_alpha=8), TOKEN)
+    assert nothing == {}
+
+
+def test_other_tasks_and_methods_take_the_general_defaults():
+    config, record = fill_defaults(TrainConfig(method="lora"), "single_label_classification")
+    assert (config.target_modules, config.lora_r, config.lr, config.epochs) == ("attention", 8, 4e-3, 4)
+    config, record = fill_defaults(TrainConfig(method="full"), TOKEN)
+    assert config.lr == 2e-4 and config.epochs == 4
+    assert set(record["applied"]) == {"lr", "epochs"}  # LoRA's options mean nothing to a full fine-tune
+
+
+def test_help_text_is_read_from_the_table():
+    assert describe("lora_r", ("lora",)) == "8 (lora on NER 16)"
+    assert "lora on NER 2e-3" in describe("lr") and "full 2e-4" in describe("lr")
+
+
+def test_ner_defaults_are_those_confirm_ner_measured():
+    measured = json.loads((RESULTS / "confirm_ner.json").read_text())["runs"]
+    lora, full = measured["lora"], measured["full"]
+    chosen = defaults_for("lora", TOKEN)
+    assert {name: lora["options"][name] for name in FIELDS} == chosen.values()
+    assert lora["test"]["f1"] >= 0.98 * full["test"]["f1"]  # the reason they are the defaults
+    assert full["options"]["epochs"] == defaults_for("full", TOKEN).epochs and full["lr"] == defaults_for("full").lr
+
+
+def test_classification_defaults_are_the_searched_best():
+    rows = json.loads((RESULTS / "search_defaults.json").read_text())
+    for method in ("lora", "full"):
+        mean = {}
+        for row in rows:
+            if row["options"][1] == method and "valid_macro_f1" in row and row["setting"].startswith(method) \
+                    and "fp32" not in row["setting"]:
+                mean.setdefault(row["setting"], []).append(row["valid_macro_f1"])
+        best = max((s for s in mean if len(mean[s]) == 2), key=lambda s: sum(mean[s]))
+        chosen = defaults_for(method)
+        assert f"lr{_short(chosen.lr)}" in best.replace(" ", "")
+        if method == "lora":
+            assert f"{chosen.target_modules} r{chosen.lora_r} a{chosen.lora_alpha} " in best
+
+
+def _short(lr: float) -> str:
+    return f"{lr:.0e}".replace("e-0", "e-")
+
+
+def test_a_run_records_the_defaults_it_applied(tiny_bert, ner_folder, tmp_path):
+    config = TrainConfig(model=str(tiny_bert), data=str(ner_folder), output=str(tmp_path / "n"), max_steps=2,
+                         epochs=1, batch_size=8, max_length=32, progress=False, allow_degenerate=True)
+    train(config)
+    record = json.loads((tmp_path / "n" / "run.json").read_text())
+    assert record["config"]["target_modules"] == "all-linear" and record["config"]["lora_r"] == 16
+    assert record["resolved"]["defaults"]["applied"] == {"lr": 2e-3, "target_modules": "all-linear", "lora_r": 16,
+                                                         "lora_alpha": 32}
+    assert record["resolved"]["lr"] == 2e-3
