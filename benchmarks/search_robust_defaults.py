@@ -1,12 +1,13 @@
 """Defaults chosen for robustness: every setting on every task type, three seeds, with gradient clipping.
 
 Each (method, setting) is trained on reduced slices of the four shared datasets (single-label
-mtsamples and ade_corpus, nli4ct sentence pairs, ncbi_disease NER) and a multi-label task built
-from the MIMIC fixtures, with seeds 0, 1, 2. A setting's score on a dataset is its validation
-selection metric divided by the best any setting of any method reached there; the table gives
-each setting's worst case (over datasets and seeds), its mean, and how many runs collapsed. The
-chosen default of a method is the setting with the best worst case, no collapse, and a mean within
-a point of the method's best mean.
+mtsamples and ade_corpus, nli4ct sentence pairs, ncbi_disease NER) with seeds 0, 1, 2 (a multi-label
+task built from the MIMIC fixtures can be added with --datasets, but its codes carry no signal).
+A setting's score on a dataset is its validation selection metric divided by the best any setting
+of any method reached there; the table gives each setting's worst case (over datasets and seeds),
+its mean, and how many runs collapsed. The chosen default of a method, per task group (NER, the
+rest), is the setting with the best worst case, no collapse, and a mean within a point of the
+method's best mean.
 
     .venv/bin/python benchmarks/search_robust_defaults.py [--methods lora,full] [--settings 'lr 2e-3;lr 4e-3']
         [--jobs 2] [--finished-only]
@@ -37,6 +38,10 @@ DATASETS = {  # name: (data folder, options that keep a run to a few minutes on 
     "ncbi_disease (NER)": (SHARED / "ncbi_disease", ["--limit", "1200", "--max-length", "64", "--epochs", "3"]),
     "mimic-dia fixture (multi-label)": (None, ["--max-length", "128", "--epochs", "4", "--multi-label"]),
 }
+# The MIMIC fixture's codes are drawn at random, independently of its invented text: no model can learn
+# them, so every setting "collapses" to one label set there and the dataset cannot rank settings. It stays
+# here for a fixture whose codes follow its text (not yet written), and is left out by default.
+SEARCHED = [name for name in DATASETS if "fixture" not in name]
 SETTINGS = {
     "lora": [("lr 1e-3", ["--lr", "1e-3"]), ("lr 2e-3", ["--lr", "2e-3"]), ("lr 4e-3", ["--lr", "4e-3"]),
              ("lr 4e-3, no clipping", ["--lr", "4e-3", "--max-grad-norm", "0"])],
@@ -161,7 +166,7 @@ def write(rows: list[dict]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--methods", default="lora,full")
-    parser.add_argument("--datasets", default=",".join(DATASETS))
+    parser.add_argument("--datasets", default=",".join(SEARCHED), help=f"Of: {', '.join(DATASETS)}.")
     parser.add_argument("--settings", help="Only these settings (names, ';'-separated, e.g. 'lr 2e-3;lr 4e-3').")
     parser.add_argument("--jobs", type=int, default=2, help="Runs at a time (one thread each).")
     parser.add_argument("--finished-only", action="store_true",
@@ -173,8 +178,10 @@ def main() -> None:
     # seed-major: every setting gets one seed on every dataset before any gets a second
     jobs = [(d, m, name, opts, seed, data[d]) for seed in SEEDS for m in args.methods.split(",")
             for name, opts in SETTINGS[m] if keep is None or name in keep for d in data]
-    if args.finished_only:
-        jobs = [job for job in jobs if (run_folder(job, args.work) / "metrics.json").exists()]
+    if args.finished_only:  # only seeds finished for every setting and dataset: worst cases over equal counts
+        done = {seed for seed in SEEDS if all((run_folder(job, args.work) / "metrics.json").exists()
+                                              for job in jobs if job[4] == seed)}
+        jobs = [job for job in jobs if job[4] in done]
     with ThreadPoolExecutor(args.jobs) as pool:
         rows = list(pool.map(lambda job: run_one(job, args.work), jobs))
     write(rows)

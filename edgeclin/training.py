@@ -219,6 +219,9 @@ def _resume(path: Path, progress: bool | None) -> TrainResult:
         raise EdgeclinError(f"nothing to resume: {partial.path} has no finished epoch")
     state = partial.state()
     config = TrainConfig.from_dict(state["config"])
+    started = RunRecord.read(partial.path)
+    if config.lr is None and started is not None:  # saved before the defaults table filled every option
+        config.lr = started.resolved.lr
     if progress is not None:
         config.progress = progress
     return _run(config, partial.output, LoopState.from_dict(state), job_from(state.get("job")))
@@ -690,6 +693,8 @@ def _run(config: TrainConfig, output: Path, state: LoopState | None, job: Job) -
     state = state or LoopState()
     if not fresh:
         _restore(trainer, partial, state)
+        started = RunRecord.read(partial.path)  # its options are filled by now: keep what the start filled
+        setup.resolved.defaults = started.resolved.defaults if started else setup.resolved.defaults
     record = _record(trainer)
     with _output_slot(trainer, partial) as out:
         if out is not None:

@@ -123,9 +123,16 @@ def test_interrupted_run_keeps_last_epoch_and_resumes_to_the_same_result(tiny_be
     with pytest.raises(EdgeclinError, match="holds an interrupted run"):
         train(config(tiny_bert, demo_folder, output, epochs=3))
 
+    # as saved before every option was filled in: the learning rate the run started with still applies
+    state = json.loads((work / "epoch" / "state.json").read_text())
+    (work / "epoch" / "state.json").write_text(json.dumps({**state, "config": {**state["config"], "lr": None}}))
+
     resumed = train(resume=output).metrics
     assert output.exists() and not work.exists()
-    assert [e["epoch"] for e in resumed["epochs"]] == [1, 2, 3]
+    assert [e["epoch"] for e in resumed["epochs"]] == [1, 2, 3] and resumed["training"]["lr"] == 5e-3
+    defaults = [json.loads((folder / "run.json").read_text())["resolved"]["defaults"]
+                for folder in (output, tmp_path / "reference")]
+    assert defaults[0] == defaults[1] and set(defaults[0]["applied"]) == {"target_modules", "lora_r", "lora_alpha"}
     assert resumed["test"] == pytest.approx(reference["test"])
     assert resumed["epochs"][2]["train_loss"] == pytest.approx(reference["epochs"][2]["train_loss"], rel=1e-5)
 
