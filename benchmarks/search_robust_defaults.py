@@ -108,8 +108,8 @@ def summarise(rows: list[dict]) -> list[dict]:
 
         mine = [r for r in ok if same(r)]
         ratios = [r["valid"] / best[r["dataset"]] if best[r["dataset"]] else 0.0 for r in mine]
-        per_dataset = {d: sum(r["valid"] for r in mine if r["dataset"] == d) / max(1, sum(r["dataset"] == d
-                                                                                       for r in mine)) for d in best}
+        ran = {d: [r["valid"] for r in mine if r["dataset"] == d] for d in best}
+        per_dataset = {d: sum(values) / len(values) for d, values in ran.items() if values}
         table.append({"method": method, "setting": setting, "group": group, "runs": len(mine),
                       "failed": sum(1 for r in rows if same(r) and "error" in r),
                       "collapsed": sum(bool(r["degenerate"]) for r in mine),
@@ -141,7 +141,7 @@ def write(rows: list[dict]) -> None:
              + " | ".join(f"{d} valid" for d in datasets) + " | chosen |",
              "|---|---|---|---:|---:|---:|" + "---:|" * len(datasets) + "---|"]
     for t in table:
-        cells = " | ".join(f"{100 * t['per_dataset_valid'][d]:.1f}" if t["per_dataset_valid"].get(d) else ""
+        cells = " | ".join(f"{100 * t['per_dataset_valid'][d]:.1f}" if d in t["per_dataset_valid"] else ""
                            for d in datasets)
         mark = "**yes**" if chosen.get(f"{t['method']} / {t['group']}") == t["setting"] else ""
         worst, mean = (f"{t[k]:.3f}" if t[k] is not None else "–" for k in ("worst", "mean"))
@@ -156,8 +156,10 @@ def write(rows: list[dict]) -> None:
               "versions": library_versions(), "commit": git_commit(), "command": " ".join(sys.argv)}
     (RESULTS / "search_robust_defaults.json").write_text(json.dumps(record, indent=2) + "\n")
     env = record["environment"]
+    seeds = "; ".join(f"{d} {sorted({r['seed'] for r in rows if r['dataset'] == d})}" for d in datasets)
     (RESULTS / "search_robust_defaults.md").write_text(
-        "\n".join(lines) + f"\n\nChosen (method / tasks: setting): {chosen}\n\nCommand: `{record['command']}`; "
+        "\n".join(lines) + f"\n\nSeeds per dataset (every setting ran each): {seeds}.\n\n"
+        f"Chosen (method / tasks: setting): {chosen}\n\nCommand: `{record['command']}`; "
         f"CPU {env['cpu']} (flags: {', '.join(env['isa'])}), {env['cores']} cores, one thread per run; "
         f"torch {record['versions'].get('torch')}, commit {record['commit']}.\n")
     print("\n".join(lines))
@@ -178,10 +180,10 @@ def main() -> None:
     # seed-major: every setting gets one seed on every dataset before any gets a second
     jobs = [(d, m, name, opts, seed, data[d]) for seed in SEEDS for m in args.methods.split(",")
             for name, opts in SETTINGS[m] if keep is None or name in keep for d in data]
-    if args.finished_only:  # only seeds finished for every setting and dataset: worst cases over equal counts
-        done = {seed for seed in SEEDS if all((run_folder(job, args.work) / "metrics.json").exists()
-                                              for job in jobs if job[4] == seed)}
-        jobs = [job for job in jobs if job[4] in done]
+    if args.finished_only:  # a (dataset, seed) only where every setting finished it: worst cases over equal counts
+        done = {(job[0], job[4]) for job in jobs}
+        done -= {(job[0], job[4]) for job in jobs if not (run_folder(job, args.work) / "metrics.json").exists()}
+        jobs = [job for job in jobs if (job[0], job[4]) in done]
     with ThreadPoolExecutor(args.jobs) as pool:
         rows = list(pool.map(lambda job: run_one(job, args.work), jobs))
     write(rows)
