@@ -98,20 +98,23 @@ def task_group(dataset: str) -> str:
     return "NER" if "NER" in dataset else "classification"
 
 
+def setting_key(row: dict) -> tuple[str, str, str]:
+    """What a table row is about: (method, setting, task group)."""
+    return row["method"], row["setting"], task_group(row["dataset"])
+
+
 def summarise(rows: list[dict]) -> list[dict]:
     ok = [r for r in rows if "error" not in r]
     best = {d: max(r["valid"] for r in ok if r["dataset"] == d) for d in {r["dataset"] for r in ok}}
     table = []
-    for method, setting, group in dict.fromkeys((r["method"], r["setting"], task_group(r["dataset"])) for r in rows):
-        def same(r, method=method, setting=setting, group=group):
-            return (r["method"], r["setting"], task_group(r["dataset"])) == (method, setting, group)
-
-        mine = [r for r in ok if same(r)]
+    for key in dict.fromkeys(map(setting_key, rows)):
+        method, setting, group = key
+        mine = [r for r in ok if setting_key(r) == key]
         ratios = [r["valid"] / best[r["dataset"]] if best[r["dataset"]] else 0.0 for r in mine]
         ran = {d: [r["valid"] for r in mine if r["dataset"] == d] for d in best}
         per_dataset = {d: sum(values) / len(values) for d, values in ran.items() if values}
         table.append({"method": method, "setting": setting, "group": group, "runs": len(mine),
-                      "failed": sum(1 for r in rows if same(r) and "error" in r),
+                      "failed": sum(1 for r in rows if setting_key(r) == key and "error" in r),
                       "collapsed": sum(bool(r["degenerate"]) for r in mine),
                       "worst": min(ratios) if ratios else None, "mean": sum(ratios) / len(ratios) if ratios else None,
                       "per_dataset_valid": per_dataset})
