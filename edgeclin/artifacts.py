@@ -74,6 +74,7 @@ class Resolved:
     model_source: str = ""
     init: dict = field(default_factory=lambda: {"init": "pretrained"})
     lr: float = 0.0
+    head_lr: float | None = None  # the head's own rate (None: the same as lr)
     device: str = "cpu"
     precision: str = "fp32"
     labels: list[str] = field(default_factory=list)

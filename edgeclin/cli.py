@@ -104,6 +104,9 @@ def main() -> None:
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True),
               help=f"Learning rate. Default: {describe('lr')}. Options left out take the defaults of the method "
               "and of the task the data holds; run.json says which applied and why.")
+@click.option("--head-lr", type=click.FloatRange(min=0, min_open=True),
+              help="Learning rate of the task head (the classifier, and any layer trained in full beside an "
+              f"adapter). Default: {describe('head_lr')}.")
 @click.option("--warmup-ratio", type=click.FloatRange(0, 1), default=0.1, show_default=True,
               help="Fraction of steps spent warming up.")
 @click.option("--schedule", type=click.Choice(SCHEDULES), default="linear",

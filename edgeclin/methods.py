@@ -19,9 +19,10 @@ class ArchitectureModules:
     attention: tuple[str, ...]  # query/key/value projections
     attention_output: tuple[str, ...]
     feed_forward: tuple[str, ...]
-    # pretrained dense layers between the encoder and the classifier (BERT's pooler): trained
-    # with LoRA too, because a frozen pooler that was never trained for the task caps accuracy
-    head_lora: tuple[str, ...] = ()
+    # pretrained dense layers between the encoder and the classifier (BERT's pooler), trained in full
+    # beside every adapter: never trained for the task, frozen it held IA3 and the virtual-token methods
+    # at the majority class, and adapted by LoRA it trailed training it in full (README, "Defaults")
+    head_pretrained: tuple[str, ...] = ()
     # layers that the classification head adds with fresh weights, besides peft's own
     # "classifier"/"score": trained in full and saved with the adapter
     head_new: tuple[str, ...] = ()
@@ -29,7 +30,7 @@ class ArchitectureModules:
 
 ARCHITECTURES: dict[str, ArchitectureModules] = {
     "bert": ArchitectureModules(("query", "key", "value"), ("attention.output.dense",),
-                                ("intermediate.dense", "output.dense"), head_lora=("pooler.dense",)),
+                                ("intermediate.dense", "output.dense"), head_pretrained=("pooler.dense",)),
     "roberta": ArchitectureModules(("query", "key", "value"), ("attention.output.dense",),
                                    ("intermediate.dense", "output.dense")),
     "distilbert": ArchitectureModules(("q_lin", "k_lin", "v_lin"), ("out_lin",), ("lin1", "lin2"),
@@ -37,7 +38,7 @@ ARCHITECTURES: dict[str, ArchitectureModules] = {
     "mpnet": ArchitectureModules(("q", "k", "v"), ("o",), ("intermediate.dense", "output.dense")),
     # MobileBERT's bottleneck and stacked FFN layers are all called "dense"
     "mobilebert": ArchitectureModules(("query", "key", "value"), ("attention.output.dense",), ("dense",),
-                                      head_lora=("pooler.dense",)),
+                                      head_pretrained=("pooler.dense",)),
 }
 
 TARGET_PRESETS = ("qv", "qkv", "attention", "all-linear")
@@ -47,9 +48,8 @@ def lora_target_modules(model_type: str, targets: str) -> list[str]:
     """Resolve ``--target-modules`` (a preset or a comma list) for one architecture.
 
     Presets: ``qv`` (query, value), ``qkv``, ``attention`` (q, k, v and the attention
-    output), ``all-linear`` (attention and feed-forward). Presets also put LoRA on the
-    pretrained pooler where the architecture classifies through one. A comma list is
-    used exactly as given.
+    output), ``all-linear`` (attention and feed-forward). A comma list is used exactly as
+    given. The head (pooler and classifier) trains in full: ``whole_head_to_save``.
     """
     if targets not in TARGET_PRESETS:
         names = [t.strip() for t in targets.split(",") if t.strip()]
@@ -70,13 +70,16 @@ def lora_target_modules(model_type: str, targets: str) -> list[str]:
         chosen = arch.attention + arch.attention_output
     else:
         chosen = arch.attention + arch.attention_output + arch.feed_forward
-    return list(dict.fromkeys(chosen + arch.head_lora))
+    return list(dict.fromkeys(chosen))
 
 
-def head_modules_to_save(model_type: str) -> list[str] | None:
-    """Fresh head layers to train in full; peft itself adds "classifier" and "score"."""
-    arch = ARCHITECTURES.get(model_type)
-    return list(arch.head_new) if arch and arch.head_new else None
+def whole_head_to_save(model) -> list[str] | None:
+    """The head layers the model has beyond peft's own "classifier"/"score", to train in full and save with
+    the adapter: the fresh ones and the pretrained pooler (``ArchitectureModules.head_pretrained``)."""
+    arch = ARCHITECTURES.get(model.config.model_type)
+    names = [*arch.head_new, *arch.head_pretrained] if arch else []
+    present = [name for name in names if any(module.endswith(name) for module, _ in model.named_modules())]
+    return present or None
 
 
 @dataclass(frozen=True)
@@ -114,23 +117,13 @@ def _prepare_full(model, config, task, new_weights):
 def _prepare_lora(model, config, task, new_weights):
     from peft import LoraConfig, get_peft_model
 
-    model_type = model.config.model_type
-    targets = lora_target_modules(model_type, config.target_modules)
-    to_save = head_modules_to_save(model_type) or []
-    # A pretrained pooler gets LoRA; one that the checkpoint lacks starts random and must
-    # train in full, or LoRA would adapt noise (checkpoints saved as embedding or MLM models).
-    head_lora = ARCHITECTURES[model_type].head_lora if model_type in ARCHITECTURES else ()
-    for name in [t for t in targets if t in head_lora]:  # exact head layers only, never a bare "dense"
-        if any(weight.rsplit(".", 1)[0].endswith(name) for weight in new_weights):
-            targets.remove(name)
-            to_save.append(name)
     lora_config = LoraConfig(
         task_type=_task_type(task),
         r=config.lora_r,
         lora_alpha=config.lora_alpha,
         lora_dropout=config.lora_dropout,
-        target_modules=targets,
-        modules_to_save=to_save or None,
+        target_modules=lora_target_modules(model.config.model_type, config.target_modules),
+        modules_to_save=whole_head_to_save(model),
     )
     try:
         return get_peft_model(model, lora_config)
@@ -148,7 +141,7 @@ def _prepare_ia3(model, config, task, new_weights):
         raise EdgeclinError(f"no IA3 targets known for model type {model_type!r}")
     feed_forward = arch.feed_forward[-1:]  # the layer that maps back to the hidden size
     ia3_config = IA3Config(task_type=_task_type(task), target_modules=[*arch.attention[1:], *feed_forward],
-                           feedforward_modules=list(feed_forward), modules_to_save=head_modules_to_save(model_type))
+                           feedforward_modules=list(feed_forward), modules_to_save=whole_head_to_save(model))
     return get_peft_model(model, ia3_config)
 
 
@@ -159,11 +152,13 @@ def _prompt_learning(kind: str):
     """Prefix tuning, prompt tuning and P-tuning: trained virtual tokens, frozen model."""
 
     def prepare(model, config, task, new_weights):
-        from peft import PrefixTuningConfig, PromptEncoderConfig, PromptTuningConfig, get_peft_model
+        from peft import PrefixTuningConfig, PromptEncoderConfig, PromptTuningConfig, PromptTuningInit, get_peft_model
 
         config_class, extra = {
             "prefix": (PrefixTuningConfig, {}),
-            "prompt": (PromptTuningConfig, {}),
+            # peft's random start is N(0, 1), far larger than any word embedding, and stayed at the majority
+            # class; embeddings of words drawn from the vocabulary start where real inputs live
+            "prompt": (PromptTuningConfig, {"prompt_tuning_init": PromptTuningInit.SAMPLE_VOCAB}),
             "ptuning": (PromptEncoderConfig, {"encoder_hidden_size": 128}),
         }[kind]
         c = model.config
@@ -179,7 +174,8 @@ def _prompt_learning(kind: str):
         peft_config = config_class(
             task_type=_task_type(task), num_virtual_tokens=config.num_virtual_tokens, token_dim=token_dim,
             num_layers=getattr(c, "num_hidden_layers", None) or c.n_layers,
-            num_attention_heads=getattr(c, "num_attention_heads", None) or c.n_heads, **extra)
+            num_attention_heads=getattr(c, "num_attention_heads", None) or c.n_heads,
+            modules_to_save=whole_head_to_save(model), **extra)
         try:
             peft_model = get_peft_model(model, peft_config)
         except ValueError as exc:

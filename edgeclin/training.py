@@ -156,6 +156,7 @@ class Setup:
     trainable: int
     total: int
     job: Job = field(default_factory=Job)
+    new_weights: list[str] = field(default_factory=list)  # weights that started random: part of the head
 
     task = property(lambda self: get_task(self.dataset.task))
     pad_id = property(lambda self: self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0)
@@ -220,8 +221,9 @@ def _resume(path: Path, progress: bool | None) -> TrainResult:
     state = partial.state()
     config = TrainConfig.from_dict(state["config"])
     started = RunRecord.read(partial.path)
-    if config.lr is None and started is not None:  # saved before the defaults table filled every option
-        config.lr = started.resolved.lr
+    if started is not None:  # saved before the defaults table filled these: what the run started with
+        config.lr = config.lr if config.lr is not None else started.resolved.lr
+        config.head_lr = config.head_lr if config.head_lr is not None else started.resolved.head_lr or config.lr
     if progress is not None:
         config.progress = progress
     return _run(config, partial.output, LoopState.from_dict(state), job_from(state.get("job")))
@@ -250,11 +252,12 @@ def prepare_run(config: TrainConfig, job: Job | None = None) -> Setup:
     model = method.prepare(loaded.model, config, task=task, new_weights=loaded.new_weights)
     trainable, total = _count_parameters(model)
     resolved = Resolved(model_path=model_ref.path, model_source=model_ref.source, init=model_ref.init,
-                        lr=config.lr, device=device, defaults=defaults,
+                        lr=config.lr, head_lr=config.head_lr, device=device, defaults=defaults,
                         precision=resolve_precision(config.precision, device), labels=dataset.labels, task=task.name,
                         base_model=model_ref.path if method.saves_adapter else None,
                         max_grad_norm=config.max_grad_norm or None)
-    return Setup(config, dataset, encoded, tokenizer, model, resolved, trainable, total, job or Job())
+    return Setup(config, dataset, encoded, tokenizer, model, resolved, trainable, total, job or Job(),
+                 new_weights=list(loaded.new_weights))
 
 
 def _set_seed(seed: int) -> None:
@@ -357,8 +360,8 @@ def _trainer(setup: Setup) -> Trainer:
 
     config = setup.config
     accelerator = Accelerator(cpu=setup.resolved.device == "cpu", gradient_accumulation_steps=config.grad_accum)
-    optimizer = torch.optim.AdamW([p for p in setup.model.parameters() if p.requires_grad], lr=setup.resolved.lr,
-                                  weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(parameter_groups(setup.model, setup.resolved.lr, setup.resolved.head_lr,
+                                                   setup.new_weights), weight_decay=config.weight_decay)
     batches_per_epoch = math.ceil(len(setup.encoded["train"]) / config.batch_size)
     steps_per_epoch = math.ceil(batches_per_epoch / accelerator.num_processes / config.grad_accum)
     total_steps = config.epochs * steps_per_epoch
@@ -371,6 +374,19 @@ def _trainer(setup: Setup) -> Trainer:
     setup.resolved.steps_per_epoch, setup.resolved.total_steps = steps_per_epoch, total_steps
     return Trainer(setup, accelerator, model, optimizer, scheduler, Precision(setup.resolved.precision,
                    setup.resolved.device), steps_per_epoch, total_steps, math.ceil(total_steps / steps_per_epoch))
+
+
+def parameter_groups(model, lr: float, head_lr: float | None, new_weights: list[str]) -> list[dict]:
+    """The trainable parameters as the optimizer's groups: one at ``lr``, or, with ``head_lr``, the head
+    apart. The head is what trains in full: peft's ``modules_to_save`` copies beside an adapter, and any
+    weight that started random (so a full fine-tune's new classifier too)."""
+    trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    new = set(new_weights)
+    apart = head_lr is not None and head_lr != lr  # one group otherwise: as a state saved without a head rate
+    head = [p for name, p in trainable if apart and (".modules_to_save." in name or name in new)]
+    chosen = {id(p) for p in head}
+    body = [p for _, p in trainable if id(p) not in chosen]
+    return [group for group in ({"params": body, "lr": lr}, {"params": head, "lr": head_lr}) if group["params"]]
 
 
 def _loader(setup: Setup, name: str, batch_size: int, shuffle_seed: int | None):

@@ -36,6 +36,9 @@ class TrainConfig:
     epochs: int | None = None
     max_steps: int | None = None
     lr: float | None = None
+    # the task head's rate (the classifier, and what else trains in full beside an adapter); None: the
+    # method's default for the task, which is --lr unless the defaults table gives the head its own
+    head_lr: float | None = None
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1
     schedule: str = "linear"
@@ -83,8 +86,9 @@ class TrainConfig:
                 raise EdgeclinError(f"--{name.replace('_', '-')} must be at least 1")
         if self.max_length < 8:
             raise EdgeclinError("--max-length must be at least 8")
-        if self.lr is not None and self.lr <= 0:
-            raise EdgeclinError("--lr must be above 0 (at 0 nothing trains)")
+        for name in ("lr", "head_lr"):
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
+                raise EdgeclinError(f"--{name.replace('_', '-')} must be above 0 (at 0 nothing trains)")
         if self.max_grad_norm is not None and self.max_grad_norm < 0:
             raise EdgeclinError("--max-grad-norm must not be negative (0 turns clipping off)")
         if not 0 <= self.warmup_ratio <= 1:

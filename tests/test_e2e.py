@@ -31,10 +31,11 @@ def test_train_lora_on_mtsamples_slice(tmp_path, monkeypatch):
     # MTSamples notes are long: nearly all of them exceed 64 tokens, and the run says so
     assert metrics["truncation"]["train"]["truncated"] >= 40
     p = metrics["parameters"]
-    assert p["trainable_percent"] < 1.0 and p["total"] > 22_000_000
+    assert p["trainable_percent"] < 1.5 and p["total"] > 22_000_000  # 0.69% LoRA, 0.65% pooler, the classifier
     assert 0.0 <= metrics["test"]["macro_f1"] <= 1.0
     adapter = json.loads((out / "adapter_config.json").read_text())
-    assert "pooler.dense" in adapter["target_modules"] and adapter["task_type"] == "SEQ_CLS"
+    assert "pooler.dense" in adapter["modules_to_save"] and adapter["task_type"] == "SEQ_CLS"
+    assert "pooler.dense" not in adapter["target_modules"]
     labels = json.loads((out / "labels.json").read_text())["labels"]
     assert "Orthopedic" in labels and labels == sorted(labels)
 

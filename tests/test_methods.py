@@ -41,8 +41,9 @@ def test_lora_applies_to_each_architecture_and_trains_the_head(model_type, targe
     assert any("lora_A" in name for name in trainable)
     head = "out_proj" if model_type in ("roberta", "mpnet") else "classifier"
     assert any(head in name and "modules_to_save" in name for name in trainable), trainable
-    if model_type in ("bert", "mobilebert"):  # the pretrained pooler adapts too
-        assert any("pooler" in name and "lora_A" in name for name in trainable)
+    if model_type in ("bert", "mobilebert"):  # the pretrained pooler trains in full, with no LoRA on it
+        assert any("pooler.dense.modules_to_save" in name for name in trainable), trainable
+        assert not any("pooler" in name and "lora_" in name for name in trainable), trainable
     if model_type == "distilbert":  # pre_classifier starts random, so it trains in full
         assert any("pre_classifier" in name and "modules_to_save" in name for name in trainable)
     inputs = torch.randint(5, 100, (2, 7))
@@ -51,7 +52,7 @@ def test_lora_applies_to_each_architecture_and_trains_the_head(model_type, targe
 
 
 def test_presets_resolve_per_architecture():
-    assert lora_target_modules("bert", "qv") == ["query", "value", "pooler.dense"]
+    assert lora_target_modules("bert", "qv") == ["query", "value"]
     assert lora_target_modules("distilbert", "attention") == ["q_lin", "k_lin", "v_lin", "out_lin"]
     assert lora_target_modules("mpnet", "qkv") == ["q", "k", "v"]
     assert lora_target_modules("anything", "q_proj, v_proj") == ["q_proj", "v_proj"]
@@ -70,10 +71,10 @@ def test_full_trains_everything_and_unknown_method_is_refused():
 
 
 def test_random_pooler_trains_in_full(tmp_path, tiny_bert):
-    """A checkpoint without pooler weights: the pooler starts random, so it is trained, not LoRA'd."""
+    """A checkpoint without pooler weights: the pooler starts random, and trains in full like a pretrained one."""
     from safetensors.torch import load_file, save_file
 
-    from edgeclin.models import load_classifier, load_classifier_with_info
+    from edgeclin.models import load_classifier_with_info
 
     folder = tmp_path / "no-pooler"
     folder.mkdir()
@@ -88,9 +89,6 @@ def test_random_pooler_trains_in_full(tmp_path, tiny_bert):
     trainable = [name for name, p in lora.named_parameters() if p.requires_grad]
     assert any("pooler.dense.modules_to_save" in name for name in trainable), trainable
     assert not any("pooler" in name and "lora_" in name for name in trainable)
-
-    pretrained = get_method("lora").prepare(load_classifier(str(tiny_bert), ["a", "b", "c"]), TrainConfig())
-    assert any("pooler" in n and "lora_A" in n for n, p in pretrained.named_parameters() if p.requires_grad)
 
 
 def test_pickle_only_checkpoint_is_refused(tmp_path):
@@ -117,3 +115,31 @@ def test_other_peft_methods_train_on_each_architecture(model_type, method):
     loss = peft_model(input_ids=inputs, attention_mask=torch.ones_like(inputs), labels=torch.tensor([0, 2])).loss
     loss.backward()
     assert any(p.grad is not None for n, p in peft_model.named_parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("method", ["lora", "ia3", "prefix", "prompt", "ptuning"])
+def test_every_adapter_trains_the_pretrained_pooler_in_full(method):
+    """A frozen pooler that was never trained for the task held these methods at the majority class."""
+    peft_model = get_method(method).prepare(tiny_model("bert"), TrainConfig(method=method, num_virtual_tokens=4))
+    trainable = {name for name, p in peft_model.named_parameters() if p.requires_grad}
+    assert any("pooler.dense.modules_to_save" in name for name in trainable), sorted(trainable)
+    assert any("classifier.modules_to_save" in name for name in trainable)
+
+
+def test_the_head_learning_rate_groups_the_head_apart():
+    from edgeclin.training import parameter_groups
+
+    peft_model = get_method("prompt").prepare(tiny_model("bert"), TrainConfig(method="prompt", num_virtual_tokens=4))
+    body, head = parameter_groups(peft_model, 3e-2, 2e-3, [])
+    names = {id(p): n for n, p in peft_model.named_parameters()}
+    assert (body["lr"], head["lr"]) == (3e-2, 2e-3)
+    assert all(".modules_to_save." in names[id(p)] for p in head["params"])
+    assert not any(".modules_to_save." in names[id(p)] for p in body["params"])
+    trainable = sum(p.requires_grad for p in peft_model.parameters())
+    assert len(body["params"]) + len(head["params"]) == trainable
+    # the same rate, or none: one group (so a state saved before the head had a rate loads again)
+    assert len(parameter_groups(peft_model, 3e-2, None, [])) == len(parameter_groups(peft_model, 3e-2, 3e-2, [])) == 1
+    # a full fine-tune: the head is what started random
+    full = get_method("full").prepare(tiny_model("bert"), TrainConfig(method="full"))
+    body, head = parameter_groups(full, 2e-4, 1e-3, ["classifier.weight", "classifier.bias"])
+    assert len(head["params"]) == 2 and head["lr"] == 1e-3

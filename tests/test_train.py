@@ -137,6 +137,21 @@ def test_interrupted_run_keeps_last_epoch_and_resumes_to_the_same_result(tiny_be
     assert resumed["epochs"][2]["train_loss"] == pytest.approx(reference["epochs"][2]["train_loss"], rel=1e-5)
 
 
+def test_the_head_trains_at_its_own_rate_and_resumes_with_it(tiny_bert, demo_folder, tmp_path, monkeypatch):
+    """Prompt tuning's default gives the head (pooler and classifier) its own rate: two optimizer groups,
+    recorded, and an interrupted run resumes to the same result."""
+    options = dict(method="prompt", lr=None, epochs=2, num_virtual_tokens=4)
+    reference = train(config(tiny_bert, demo_folder, tmp_path / "reference", **options)).metrics
+    record = json.loads((tmp_path / "reference" / "run.json").read_text())["resolved"]
+    assert (record["lr"], record["head_lr"]) == (3e-2, 2e-3) and "head_lr" in record["defaults"]["applied"]
+    output = tmp_path / "interrupted"
+    train_interrupted(monkeypatch, "predict_scores", 2, config(tiny_bert, demo_folder, output, **options))
+    groups = json.loads((partial_dir(output) / "epoch" / "optimizer.json").read_text())["param_groups"]
+    assert sorted(g["initial_lr"] for g in groups) == [2e-3, 3e-2]
+    resumed = train(resume=output).metrics
+    assert resumed["test"] == pytest.approx(reference["test"])
+
+
 def test_max_steps_and_early_stopping(tiny_bert, demo_folder, tmp_path):
     metrics = train(config(tiny_bert, demo_folder, tmp_path / "steps", epochs=5, max_steps=3)).metrics
     assert metrics["training"]["optimizer_steps"] == 3 and len(metrics["epochs"]) == 1

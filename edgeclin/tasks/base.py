@@ -21,6 +21,7 @@ from edgeclin.schema import ColumnChoice, Columns, Dataset, Example, InputFormat
 
 class Task:
     name: ClassVar[str]
+    short_name: ClassVar[str]  # for people: "NER", "single-label" (--help, tables)
     selection_metric: ClassVar[str]  # picks the best epoch and gates int8 exports
     display_columns: ClassVar[tuple[tuple[str, str], ...]]  # (metric key, heading) for tables
     export_task: ClassVar[str]  # optimum's exporter task

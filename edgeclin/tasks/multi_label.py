@@ -25,6 +25,7 @@ def split_labels(value, separator: str) -> tuple[str, ...]:
 
 class MultiLabelTask(TextClassificationTask):
     name = "multi_label_classification"
+    short_name = "multi-label"
     selection_metric = "micro_f1"
     display_columns = (("micro_f1", "micro-F1"), ("macro_f1", "macro-F1"), ("micro_auroc", "micro-AUROC"),
                        ("precision_at_1", "P@1"))

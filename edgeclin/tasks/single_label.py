@@ -22,6 +22,7 @@ MANY_CLASSES = 0.3  # more distinct labels than this share of the training rows:
 
 class SingleLabelTask(TextClassificationTask):
     name = "single_label_classification"
+    short_name = "single-label"
     selection_metric = "macro_f1"
     display_columns = (("accuracy", "accuracy"), ("macro_f1", "macro-F1"), ("weighted_f1", "weighted-F1"),
                        ("auroc", "AUROC"))

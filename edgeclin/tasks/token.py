@@ -171,6 +171,7 @@ def _align_virtual_tokens(model, count: int) -> None:
 
 class TokenTask(Task):
     name = "token_classification"
+    short_name = "NER"
     selection_metric = "f1"
     display_columns = (("f1", "entity F1"), ("precision", "precision"), ("recall", "recall"),
                        ("accuracy", "token acc."))
