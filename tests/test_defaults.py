@@ -33,8 +33,8 @@ def test_given_options_are_kept_and_not_listed_as_defaults():
     config, record = fill_defaults(TrainConfig(method="lora", lr=1e-3, lora_r=4), TOKEN)
     assert config.lr == 1e-3 and config.lora_r == 4 and config.lora_alpha == 32
     assert "lr" not in record["applied"] and "lora_r" not in record["applied"]
-    _, nothing = fill_defaults(TrainConfig(method="full", lr=1e-4, epochs=2, target_modules="qv", lora_r=8,
-                                           lora_alpha=8), TOKEN)
+    _, nothing = fill_defaults(TrainConfig(method="full", lr=1e-4, head_lr=1e-3, epochs=2, target_modules="qv",
+                                           lora_r=8, lora_alpha=8), TOKEN)
     assert nothing == {}
 
 
@@ -44,7 +44,9 @@ def test_other_tasks_and_methods_take_the_general_defaults():
     assert config.lr == defaults_for("lora").lr
     config, record = fill_defaults(TrainConfig(method="full"), TOKEN)
     assert config.lr == 2e-4 and config.epochs == 4
-    assert set(record["applied"]) == {"lr", "epochs"}  # LoRA's options mean nothing to a full fine-tune
+    assert set(record["applied"]) == {"lr", "head_lr", "epochs"}  # LoRA's options mean nothing to a full one
+    assert config.head_lr == 2e-3 and fill_defaults(TrainConfig(method="full"), "single_label_classification")[
+        0].head_lr is None
 
 
 def test_help_text_is_read_from_the_table():
@@ -52,7 +54,7 @@ def test_help_text_is_read_from_the_table():
     assert describe("epochs") == "4 (lora on NER 6)"
     lr = describe("lr")
     assert lr.startswith(f"{_short(defaults_for('lora').lr)} (") and "full 2e-4" in lr and "lora" not in lr
-    assert describe("head_lr") == "--lr (prompt 2e-3)"
+    assert describe("head_lr") == "--lr (full on NER 2e-3; prompt 2e-3)"
     assert "NER" not in lr  # NER's LoRA rate is LoRA's general one: not repeated
 
 
