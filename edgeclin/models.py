@@ -308,4 +308,6 @@ def load_classifier_with_info(path: str, labels: list[str] | None = None, *, dty
     finally:
         hf_logging.set_verbosity(previous)
         logging.getLogger("transformers").setLevel(logging.WARNING)
-    return LoadedModel(model, sorted(set(info["missing_keys"]) | {k for k, *_ in info["mismatched_keys"]}))
+    # transformers lists a mismatched weight as its name (4.57) or as (name, saved shape, new shape) (older)
+    mismatched = {k if isinstance(k, str) else k[0] for k in info["mismatched_keys"]}
+    return LoadedModel(model, sorted(set(info["missing_keys"]) | mismatched))

@@ -547,7 +547,11 @@ def _load_trainable_state(model, folder: Path) -> None:
     if hasattr(model, "peft_config"):
         from peft.utils import set_peft_model_state_dict
 
-        set_peft_model_state_dict(model, load_file(str(folder / "adapter_model.safetensors")))
+        try:
+            set_peft_model_state_dict(model, load_file(str(folder / "adapter_model.safetensors")))
+        except KeyError as exc:  # saved by an edgeclin that trained other layers (e.g. the pooler by LoRA)
+            raise EdgeclinError(f"{folder}: the saved adapter lacks {exc}: it was saved by an edgeclin that "
+                                "trained other layers; start the run again with --overwrite") from None
     else:
         _, unexpected = model.load_state_dict(load_file(str(folder / "model.safetensors")), strict=False)
         if unexpected:

@@ -143,3 +143,12 @@ def test_the_head_learning_rate_groups_the_head_apart():
     full = get_method("full").prepare(tiny_model("bert"), TrainConfig(method="full"))
     body, head = parameter_groups(full, 2e-4, 1e-3, ["classifier.weight", "classifier.bias"])
     assert len(head["params"]) == 2 and head["lr"] == 1e-3
+
+
+def test_a_head_resized_to_other_labels_counts_as_new_weights(tiny_bert):
+    """A checkpoint with a 2-label head loaded for 3 labels: the resized classifier started random (it trains
+    at --head-lr in a full fine-tune)."""
+    from edgeclin.models import load_classifier_with_info
+
+    loaded = load_classifier_with_info(str(tiny_bert), ["a", "b", "c"])
+    assert {"classifier.weight", "classifier.bias"} <= set(loaded.new_weights)

@@ -275,3 +275,20 @@ def test_the_best_epoch_is_never_a_collapsed_one_when_another_is_not():
     assert not is_better(healthy_best, 0.9, degenerate="one class")
     assert is_better(healthy_best, 0.7, degenerate=None) and not is_better(healthy_best, 0.6, degenerate=None)
     assert is_better(LoopState(), 0.0, degenerate="one class")  # the first epoch is always the best so far
+
+
+def test_an_adapter_saved_with_other_trained_layers_is_refused_in_one_line(tmp_path):
+    """An interrupted run saved by an edgeclin that LoRA'd the pooler (it now trains in full) cannot resume:
+    a clear error, not peft's KeyError."""
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    from edgeclin.methods import get_method
+    from edgeclin.training import _load_trainable_state
+    from tests.test_methods import tiny_model
+
+    model = get_method("lora").prepare(tiny_model("bert"), TrainConfig(method="lora"))
+    state = {k: v for k, v in get_peft_model_state_dict(model).items() if "pooler" not in k}
+    save_file(state, str(tmp_path / "adapter_model.safetensors"))
+    with pytest.raises(EdgeclinError, match="saved by an edgeclin that trained other layers"):
+        _load_trainable_state(model, tmp_path)
