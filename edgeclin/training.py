@@ -381,11 +381,12 @@ def parameter_groups(model, lr: float, head_lr: float | None, new_weights: list[
     apart. The head is what trains in full: peft's ``modules_to_save`` copies beside an adapter, and any
     weight that started random (so a full fine-tune's new classifier too)."""
     trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    if head_lr is None or head_lr == lr:  # one group: as a state saved without a head rate holds
+        return [{"params": [p for _, p in trainable], "lr": lr}]
     new = set(new_weights)
-    apart = head_lr is not None and head_lr != lr  # one group otherwise: as a state saved without a head rate
-    head = [p for name, p in trainable if apart and (".modules_to_save." in name or name in new)]
-    chosen = {id(p) for p in head}
-    body = [p for _, p in trainable if id(p) not in chosen]
+    is_head = [".modules_to_save." in name or name in new for name, _ in trainable]
+    body = [p for (_, p), head in zip(trainable, is_head, strict=True) if not head]
+    head = [p for (_, p), head in zip(trainable, is_head, strict=True) if head]
     return [group for group in ({"params": body, "lr": lr}, {"params": head, "lr": head_lr}) if group["params"]]
 
 
