@@ -84,6 +84,7 @@ class Resolved:
     total_steps: int = 0
     max_grad_norm: float | None = None
     defaults: dict = field(default_factory=dict)  # which defaults applied, and why
+    pair_column_found: str | None = None  # read as each example's second text though no option named it
 
 
 @dataclass

@@ -80,7 +80,9 @@ def main() -> None:
               help="Several labels per row: sigmoid outputs, a threshold tuned on validation, micro-F1. "
               "(JSONL label lists switch this on by themselves.)")
 @click.option("--label-sep", default=";", show_default=True, help="Separator of the labels in a multi-label cell.")
-@click.option("--text-pair-col", default=None, help="Column holding a second text (sentence pairs).")
+@click.option("--text-pair-col", default=None,
+              help="Column holding a second text (sentence pairs). A column named text_pair is read as one "
+              "without this option.")
 @click.option("--skip-bad-rows", is_flag=True,
               help="Drop empty or non-UTF-8 rows (and report how many) instead of failing.")
 @click.option("--limit", type=click.IntRange(min=1), help="Use a deterministic subsample of N rows of each split.")

@@ -21,6 +21,7 @@ from edgeclin.schema import SPLITS, Columns, Dataset, Example, Split
 from edgeclin.tasks import SINGLE_LABEL, Task, get_task, task_of_records
 
 DEMO_DATA = "builtin:demo"  # a name no folder has: a path that exists is always the user's data
+PAIR_COLUMN = "text_pair"  # the documented second text of a pair: read as one without --text-pair-col
 
 
 def find_split_files(folder: Path) -> dict[str, Path]:
@@ -45,6 +46,23 @@ def find_split_files(folder: Path) -> dict[str, Path]:
 def detect_task(path: Path, columns: Columns, multi_label: bool = False) -> Task:
     """The task a data file holds, from its header or first rows."""
     return task_of_records(first_records(Path(path)), columns, multi_label)
+
+
+def documented_pair_column(data: str | Path | None, train: str | Path | None, columns: Columns,
+                           multi_label: bool = False) -> str | None:
+    """``text_pair`` when the training file has that column and no pair column was named.
+
+    The documented layout of sentence pairs (``text,text_pair,label``) then trains on both texts
+    with nothing but ``--data``, instead of silently on the first text alone.
+    """
+    if columns.text_pair is not None or (data is None and train is None) or str(data) == DEMO_DATA:
+        return None
+    path = Path(train) if train is not None else find_split_files(Path(data))["train"]
+    records = first_records(path)
+    present = {key for record in records for key in record}
+    if PAIR_COLUMN not in present or not task_of_records(records, columns, multi_label).reads_pairs:
+        return None
+    return PAIR_COLUMN
 
 
 def read_split(path: Path, name: str, columns: Columns, skip_bad_rows: bool = False,

@@ -19,7 +19,7 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +32,7 @@ from edgeclin.artifacts import (
     RunRecord,
     partial_dir,
 )
-from edgeclin.data import DEMO_DATA, describe, load_dataset
+from edgeclin.data import DEMO_DATA, describe, documented_pair_column, load_dataset
 from edgeclin.defaults import FIELDS as DEFAULTED_FIELDS
 from edgeclin.defaults import fill_defaults
 from edgeclin.encoding import EncodedSplit, length_sorted_batches
@@ -235,10 +235,17 @@ def _load_data(config: TrainConfig):
                         seed=config.seed, multi_label=config.multi_label)
 
 
+def _with_pair_column(config: TrainConfig) -> tuple[TrainConfig, str | None]:
+    """The config reading the file's ``text_pair`` column as each example's second text, if it has one."""
+    found = documented_pair_column(config.data, config.train_file, config.columns, config.multi_label)
+    return (config, None) if found is None else (replace(config, text_pair_col=found), found)
+
+
 def prepare_run(config: TrainConfig, job: Job | None = None) -> Setup:
     """Data, tokenizer and model: everything that can fail on the user's input fails here, before any write."""
     method = get_method(config.method)
     device = resolve_device(config.device)
+    config, pair_column_found = _with_pair_column(config)
     dataset = _load_data(config)
     task = get_task(dataset.task)
     config, defaults = fill_defaults(config, task.name)  # the task is known only now
@@ -255,7 +262,7 @@ def prepare_run(config: TrainConfig, job: Job | None = None) -> Setup:
                         lr=config.lr, head_lr=config.head_lr, device=device, defaults=defaults,
                         precision=resolve_precision(config.precision, device), labels=dataset.labels, task=task.name,
                         base_model=model_ref.path if method.saves_adapter else None,
-                        max_grad_norm=config.max_grad_norm or None)
+                        max_grad_norm=config.max_grad_norm or None, pair_column_found=pair_column_found)
     return Setup(config, dataset, encoded, tokenizer, model, resolved, trainable, total, job or Job(),
                  new_weights=list(loaded.new_weights))
 
@@ -281,6 +288,9 @@ def _check_max_length(model_config: dict, max_length: int) -> None:
 
 def _report_data(setup: Setup) -> None:
     """Say what was dropped and what was cut, before training starts: warnings, shown even when quiet."""
+    if setup.resolved.pair_column_found:
+        _log().info(f"reading column {setup.resolved.pair_column_found!r} as the second text of each pair "
+                    f"(--text-pair-col names another)")
     for split in setup.dataset.splits.values():
         if split.skipped_rows:
             _log().warning(f"{split.source}: skipped {split.skipped_rows} bad rows (--skip-bad-rows)")

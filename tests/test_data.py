@@ -3,7 +3,7 @@ import json
 import pytest
 from conftest import write_csv
 
-from edgeclin.data import Columns, describe, load_dataset, read_split, subsample
+from edgeclin.data import DEMO_DATA, Columns, describe, documented_pair_column, load_dataset, read_split, subsample
 from edgeclin.errors import EdgeclinError
 
 
@@ -30,6 +30,22 @@ def test_reads_jsonl_and_text_pairs(tmp_path):
         (tmp_path / f"{name}.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     dataset = load_dataset(tmp_path, columns=Columns("premise", "y", "hypothesis"))
     assert dataset.splits["valid"].examples[0].text_pair == "h1"
+
+
+def test_documented_pair_column_is_read_without_an_option(tmp_path):
+    """text,text_pair,label (the layout data.py documents) trains on pairs with --data alone."""
+    pairs = make_folder(tmp_path / "pairs", [("p1", "h1", "yes"), ("p2", "h2", "no")],
+                        [("p3", "h3", "yes"), ("p4", "h4", "no")], [("p5", "h5", "yes"), ("p6", "h6", "no")],
+                        header=("text", "text_pair", "label"))
+    assert documented_pair_column(pairs, None, Columns()) == "text_pair"
+    assert documented_pair_column(None, pairs / "train.csv", Columns()) == "text_pair"
+    assert documented_pair_column(pairs, None, Columns(text_pair="other")) is None  # the user named one
+    single = make_folder(tmp_path / "single", [("x one", "a"), ("x two", "b")])
+    assert documented_pair_column(single, None, Columns()) is None
+    assert documented_pair_column(DEMO_DATA, None, Columns()) is None
+    ner = tmp_path / "ner.jsonl"
+    ner.write_text(json.dumps({"tokens": ["a"], "tags": ["O"], "text_pair": "x"}) + "\n")
+    assert documented_pair_column(None, ner, Columns()) is None  # NER tags single texts
 
 
 def test_missing_file_is_named(tmp_path):

@@ -98,16 +98,18 @@ def test_ade_train_merge_export_predict(tmp_path, monkeypatch):
 
 
 def test_sentence_pairs_end_to_end_on_nli4ct(tmp_path, monkeypatch):
-    """Premise + statement pairs: the long premise is trimmed first, through export and predict."""
+    """Premise + statement pairs, read from the text_pair column without an option: the long premise is
+    trimmed first, through export and predict."""
     from edgeclin.export import export
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     data = shared_dataset("nli4ct")
     run = tmp_path / "run"
-    result = CliRunner().invoke(main, ["train", "--data", str(data), "--text-pair-col", "text_pair", "--limit", "32",
+    result = CliRunner().invoke(main, ["train", "--data", str(data), "--limit", "32",
                                        "--max-length", "96", "--max-steps", "3", "--batch-size", "8", "-o", str(run),
                                        "--quiet", "--allow-degenerate"])
     assert result.exit_code == 0, (result.output, result.exception)
+    assert json.loads((run / "run.json").read_text())["resolved"]["pair_column_found"] == "text_pair"
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["truncation"]["train"]["truncated"] > 0
     bundle = export(run, tmp_path / "bundle", int8=True, max_drop=100.0, quiet=True)

@@ -30,6 +30,7 @@ class Task:
     problem_type: ClassVar[str | None] = None  # transformers' problem_type (the loss)
     predictor: ClassVar[type]  # the torch-free predictor class (an edgeclin.inference.OnnxModel)
     answers_entities: ClassVar[bool] = False  # a prediction is a list of entity spans, not one label
+    reads_pairs: ClassVar[bool] = True  # an example may be a pair of texts (a second-text column)
 
     # --- recognising the task ------------------------------------------------------------------
 

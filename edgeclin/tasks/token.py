@@ -180,6 +180,7 @@ class TokenTask(Task):
     peft_task_type = "TOKEN_CLS"
     predictor = Tagger
     answers_entities = True
+    reads_pairs = False
 
     def matches_data(self, records: list[dict], columns: Columns, multi_label: bool) -> bool:
         present = {key for record in records for key in record}
