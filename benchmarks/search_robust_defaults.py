@@ -46,10 +46,10 @@ DATASETS = {  # name: (data folder, options that keep a run to a few minutes on 
 SEARCHED = [name for name in DATASETS if "fixture" not in name]
 SETTINGS = {
     "lora": [("lr 1e-3", ["--lr", "1e-3"]), ("lr 2e-3", ["--lr", "2e-3"]), ("lr 4e-3", ["--lr", "4e-3"]),
-             ("lr 4e-3, no clipping", ["--lr", "4e-3", "--max-grad-norm", "0"])],
+             ("lr 4e-3, no clipping", ["--lr", "4e-3", "--max-grad-norm", "0"]), ("lr auto", ["--lr", "auto"])],
     # the head at LoRA's rate: is a full fine-tune at 2e-4 a weak baseline on few steps? (its head starts random)
     "full": [("lr 1e-4", ["--lr", "1e-4"]), ("lr 2e-4", ["--lr", "2e-4"]), ("lr 4e-4", ["--lr", "4e-4"]),
-             ("lr 2e-4 head 2e-3", ["--lr", "2e-4", "--head-lr", "2e-3"])],
+             ("lr 2e-4 head 2e-3", ["--lr", "2e-4", "--head-lr", "2e-3"]), ("lr auto", ["--lr", "auto"])],
     # IA3 and the virtual-token methods train the pooler and classifier in full (edgeclin/methods.py); their
     # vectors and tokens may want a far higher rate than that head, hence the settings with --head-lr. The
     # settings are those a probe on ade_corpus and mtsamples slices (seed 0) found to leave the majority class.

@@ -85,6 +85,7 @@ class Resolved:
     max_grad_norm: float | None = None
     defaults: dict = field(default_factory=dict)  # which defaults applied, and why
     pair_column_found: str | None = None  # read as each example's second text though no option named it
+    lr_range_test: dict = field(default_factory=dict)  # --lr auto: what the test saw and chose (lr_range.py)
 
 
 @dataclass

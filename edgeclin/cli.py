@@ -23,6 +23,23 @@ from edgeclin.training_config import SCHEDULES
 BACKEND_CHOICES = click.Choice(["auto", *BACKENDS])
 
 
+class LearningRate(click.ParamType):
+    """A rate above 0, or ``auto`` (a range test picks it)."""
+
+    name = "RATE|auto"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, float) or value == "auto":
+            return value
+        try:
+            rate = float(value)
+        except ValueError:
+            self.fail(f"{value!r} is neither a number nor auto", param, ctx)
+        if not rate > 0:
+            self.fail(f"{value} is not above 0 (at 0 nothing trains)", param, ctx)
+        return rate
+
+
 def _friendly_errors(command):
     """Turn EdgeclinError into one line on stderr and a non-zero exit (2; 3 for a collapsed run): no traceback."""
 
@@ -103,9 +120,11 @@ def main() -> None:
 @click.option("--epochs", type=click.IntRange(min=1),
               help=f"Passes over the training split. Default: {describe('epochs')}.")
 @click.option("--max-steps", type=click.IntRange(min=1), help="Stop after this many optimizer steps.")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True),
+@click.option("--lr", type=LearningRate(),
               help=f"Learning rate. Default: {describe('lr')}. Options left out take the defaults of the method "
-              "and of the task the data holds; run.json says which applied and why.")
+              "and of the task the data holds; run.json says which applied and why. auto: a range test of "
+              "50 steps on the training split picks it below where the loss diverges (the head's rate "
+              "follows in the same ratio), recorded in run.json.")
 @click.option("--head-lr", type=click.FloatRange(min=0, min_open=True),
               help="Learning rate of the task head (the classifier, and any layer trained in full beside an "
               f"adapter). Default: {describe('head_lr')}.")
@@ -153,6 +172,7 @@ def train(ctx, resume, quiet, **options) -> None:
     Examples:
       edgeclin train --data ../shared/data/mtsamples --max-length 256
       edgeclin train --data notes/ --method full --epochs 3 -o runs/baseline
+      edgeclin train --data notes/ --lr auto                # a range test picks the rate
       accelerate launch -m edgeclin train --data notes/     # several GPUs
     """
     from edgeclin.tasks import get_task
@@ -163,7 +183,9 @@ def train(ctx, resume, quiet, **options) -> None:
         _refuse_options_with_resume(ctx)
         result = run_training(resume=resume, progress=not quiet)
     else:
-        result = run_training(TrainConfig(progress=not quiet, **options))
+        lr_auto = options.get("lr") == "auto"
+        options["lr"] = None if lr_auto else options.get("lr")
+        result = run_training(TrainConfig(progress=not quiet, lr_auto=lr_auto, **options))
     if os.environ.get("RANK", "0") != "0":  # under accelerate launch / torchrun: one summary line
         return
     click.echo(f"{result.output}: test {get_task(result.metrics['task']).headline(result.metrics['test'])}")

@@ -386,6 +386,45 @@ def _trainer(setup: Setup) -> Trainer:
                    setup.resolved.device), steps_per_epoch, total_steps, math.ceil(total_steps / steps_per_epoch))
 
 
+def _auto_lr(setup: Setup) -> None:
+    """``--lr auto``: a range test from the run's own start picks the rate; the head's follows in the same ratio
+    unless the user set it. Each process of a multi-GPU run tests alike (same seed and batches) and rounds alike."""
+    import itertools
+
+    from accelerate import PartialState
+
+    from edgeclin.lr_range import STEPS, run_range_test
+
+    config, resolved = setup.config, setup.resolved
+    device = PartialState().device
+    model = setup.model.to(device)
+    users_head_lr = config.head_lr is not None and "head_lr" not in resolved.defaults.get("applied", {})
+    groups = parameter_groups(model, resolved.lr, resolved.head_lr, setup.new_weights)
+    if len(groups) == 2 and users_head_lr:
+        groups[1]["fixed"] = True
+    batches = list(itertools.islice(_loader(setup, "train", config.batch_size, config.seed), STEPS))
+    precision = Precision(resolved.precision, resolved.device)
+
+    def loss_of(batch: dict):
+        indices = batch["example_index"]
+        inputs = {name: value.to(device) for name, value in batch.items() if name != "example_index"}
+        with precision.autocast():
+            return setup.job.loss(model, inputs, indices)
+
+    try:
+        test = run_range_test(model, batches, loss_of, groups, config.max_grad_norm)
+    except ValueError as exc:
+        raise EdgeclinError(f"--lr auto: {exc}; give --lr a number") from None
+    base = resolved.lr
+    record = test.as_record(base, None if users_head_lr else resolved.head_lr)
+    head_lr = resolved.head_lr if users_head_lr else record["head_lr"]
+    resolved.lr, resolved.head_lr, resolved.lr_range_test = record["lr"], head_lr, record
+    setup.config = replace(config, lr=record["lr"], head_lr=head_lr)
+    diverged = "it never diverged" if test.diverged_at is None else f"diverged at {base * test.diverged_at:.1e}"
+    _log().info(f"--lr auto: {len(test.multipliers)} steps, the loss lowest at {base * test.at_minimum:.1e}, "
+                f"{diverged}: training at {record['lr']:.1e}")
+
+
 def parameter_groups(model, lr: float, head_lr: float | None, new_weights: list[str]) -> list[dict]:
     """The trainable parameters as the optimizer's groups: one at ``lr``, or, with ``head_lr``, the head
     apart. The head is what trains in full: peft's ``modules_to_save`` copies beside an adapter, and any
@@ -717,15 +756,19 @@ def _start_work_folder(partial: PartialRun, fresh: bool) -> None:
 
 def _run(config: TrainConfig, output: Path, state: LoopState | None, job: Job) -> TrainResult:
     setup = job.prepare(config)
+    fresh = state is None
+    if fresh and setup.config.lr_auto:
+        _auto_lr(setup)
     trainer = _trainer(setup)
     _report_data(setup)
     partial = PartialRun(output)
-    fresh = state is None
     state = state or LoopState()
     if not fresh:
         _restore(trainer, partial, state)
         started = RunRecord.read(partial.path)  # its options are filled by now: keep what the start filled
-        setup.resolved.defaults = started.resolved.defaults if started else setup.resolved.defaults
+        if started:
+            setup.resolved.defaults, setup.resolved.lr_range_test = (started.resolved.defaults,
+                                                                     started.resolved.lr_range_test)
     record = _record(trainer)
     with _output_slot(trainer, partial) as out:
         if out is not None:

@@ -36,6 +36,7 @@ class TrainConfig:
     epochs: int | None = None
     max_steps: int | None = None
     lr: float | None = None
+    lr_auto: bool = False  # --lr auto: a range test around lr (or the table's default) picks the rate (lr_range.py)
     # the task head's rate (the classifier, and what else trains in full beside an adapter); None: the
     # method's default for the task, which is --lr unless the defaults table gives the head its own
     head_lr: float | None = None
