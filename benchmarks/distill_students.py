@@ -37,7 +37,12 @@ def edgeclin(*args) -> None:
     subprocess.run([*EDGECLIN, *map(str, args)], env=ENV, check=True)
 
 
-def runs_of(dataset: str, work: Path, teacher: Path | None, limit: int | None) -> dict[str, Path]:
+STUDENTS = {"student 3 layers": ["--layers", 3], "student 2 layers": ["--layers", 2],
+            "student minilm-l3": ["--student", "minilm-l3"]}
+
+
+def runs_of(dataset: str, work: Path, teacher: Path | None, limit: int | None,
+            students: list[str]) -> dict[str, Path]:
     """Train (or reuse) the teacher, the students and their baselines; return name -> run folder."""
     data = SHARED / dataset
     common = ["--quiet", "--allow-degenerate", *(["--max-length", MAX_LENGTH[dataset]] if dataset in MAX_LENGTH
@@ -46,9 +51,7 @@ def runs_of(dataset: str, work: Path, teacher: Path | None, limit: int | None) -
     runs = {"teacher (LoRA)": teacher or folder / "teacher"}
     if not (runs["teacher (LoRA)"] / "metrics.json").exists():
         edgeclin("train", "--data", data, "-o", runs["teacher (LoRA)"], *common)
-    plan = {"student 3 layers": ["--layers", 3], "student 2 layers": ["--layers", 2],
-            "student minilm-l3": ["--student", "minilm-l3"]}
-    for name, how in plan.items():
+    for name, how in ((name, STUDENTS[name]) for name in students):
         for alpha, suffix in ((0.5, "distilled"), (0.0, "without teacher")):
             out = folder / f"{name.replace(' ', '-')}-{suffix.replace(' ', '-')}"
             runs[f"{name}, {suffix}"] = out
@@ -163,6 +166,8 @@ def main() -> None:
     parser.add_argument("--datasets", default="mtsamples,ade_corpus,ncbi_disease")
     parser.add_argument("--teacher", action="append", default=[], help="DATASET=RUN: reuse a trained teacher")
     parser.add_argument("--limit-train", type=int, help="--limit for every run (a reduced run: say so)")
+    parser.add_argument("--students", default=",".join(STUDENTS),
+                        help=f"Comma list of: {', '.join(STUDENTS)} (each distilled and trained without teacher).")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--work", type=Path, default=Path("/tmp/edgeclin-distill"))
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
@@ -177,7 +182,8 @@ def main() -> None:
     teachers = dict(t.split("=", 1) for t in args.teacher)
     results = {}
     for dataset in args.datasets.split(","):
-        runs = runs_of(dataset, args.work, Path(teachers[dataset]) if dataset in teachers else None, args.limit_train)
+        runs = runs_of(dataset, args.work, Path(teachers[dataset]) if dataset in teachers else None, args.limit_train,
+                       args.students.split(","))
         bundle_of = bundles(runs)
         speed = speeds(bundle_of, SHARED / dataset, args.rounds)
         teacher = json.loads((runs["teacher (LoRA)"] / "metrics.json").read_text())
