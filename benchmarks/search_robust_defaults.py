@@ -1,8 +1,11 @@
 """Defaults chosen for robustness: every setting on every task type, three seeds, with gradient clipping.
 
 Each (method, setting) is trained on reduced slices of the four shared datasets (single-label
-mtsamples and ade_corpus, nli4ct sentence pairs, ncbi_disease NER) with seeds 0, 1, 2 (a multi-label
-task built from the MIMIC fixtures can be added with --datasets, but its codes carry no signal).
+mtsamples and ade_corpus, nli4ct sentence pairs, ncbi_disease NER) with seeds 0, 1, 2. Multi-label
+(--datasets "ncbi_disease categories (multi-label)"): each ncbi_disease sentence labelled with the
+kinds of disease its tagged mentions name (neoplasm, deficiency, neuromuscular, syndrome, other;
+none for a sentence without a mention), built in --work from ../shared at run time. A multi-label
+task built from the MIMIC fixtures can be added too, but its codes carry no signal.
 A setting's score on a dataset is its validation selection metric divided by the best any setting
 of any method reached there; the table gives each setting's worst case (over datasets and seeds),
 its mean, and how many runs collapsed. The chosen default of a method, per task group (NER, the
@@ -38,7 +41,10 @@ DATASETS = {  # name: (data folder, options that keep a run to a few minutes on 
     "nli4ct (pairs)": (SHARED / "nli4ct", ["--limit", "600", "--max-length", "128", "--epochs", "3",
                                            "--text-pair-col", "text_pair"]),
     "ncbi_disease (NER)": (SHARED / "ncbi_disease", ["--limit", "1200", "--max-length", "64", "--epochs", "3"]),
-    "mimic-dia fixture (multi-label)": (None, ["--max-length", "128", "--epochs", "4", "--multi-label"]),
+    "ncbi_disease categories (multi-label)": ("ncbi_categories", ["--limit", "1200", "--max-length", "64",
+                                                                  "--epochs", "3", "--multi-label"]),
+    "mimic-dia fixture (multi-label)": ("multilabel_fixture", ["--max-length", "128", "--epochs", "4",
+                                                               "--multi-label"]),
 }
 # The MIMIC fixture's codes are drawn at random, independently of its invented text: no model can learn
 # them, so every setting "collapses" to one label set there and the dataset cannot rank settings. It stays
@@ -61,6 +67,46 @@ SETTINGS = {
 PEFT_METHODS = "ia3,prompt,ptuning,prefix"
 
 
+# The kind of disease a mention names, by its words (first match wins; a mention matching none is "other").
+DISEASE_KINDS = {"neoplasm": r"cancer|carcinom|tumou?r|neoplas|leuka?emi|lymphom|melanom|sarcom|blastom|adenom|"
+                             r"polyposis",
+                 "deficiency": r"deficien", "neuromuscular": r"dystroph|myopath|atroph|ataxia|neuropath|palsy",
+                 "syndrome": r"syndrome"}
+
+
+def _mentions(tokens: list[str], tags: list[str]) -> list[str]:
+    spans: list[list[str]] = []
+    for token, tag in zip(tokens, tags, strict=True):
+        if tag.startswith("B-") or (tag.startswith("I-") and not spans):
+            spans.append([token])
+        elif tag.startswith("I-"):
+            spans[-1].append(token)
+        else:
+            spans.append([])  # closes the open mention
+    return [" ".join(span) for span in spans if span]
+
+
+def ncbi_categories(work: Path) -> Path:
+    """A multi-label task with signal, from ncbi_disease: each sentence's kinds of disease mention."""
+    import csv
+    import re
+
+    folder = work / "ncbi-categories"
+    if (folder / "test.csv").exists():
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    for split in ("train", "valid", "test"):
+        with (folder / f"{split}.csv").open("w", newline="", encoding="utf-8") as out:
+            writer = csv.writer(out)
+            writer.writerow(["text", "label"])
+            for line in (SHARED / "ncbi_disease" / f"{split}.jsonl").read_text(encoding="utf-8").splitlines():
+                row = json.loads(line)
+                kinds = {next((k for k, p in DISEASE_KINDS.items() if re.search(p, m.lower())), "other")
+                         for m in _mentions(row["tokens"], row["tags"])}
+                writer.writerow([" ".join(row["tokens"]), ";".join(sorted(kinds))])
+    return folder
+
+
 def multilabel_fixture(work: Path) -> Path:
     """A multi-label task (diagnosis code sets) built by edgeclin data mimic from the SYNTHETIC fixtures."""
     folder = work / "mimic-dia"
@@ -73,6 +119,9 @@ def multilabel_fixture(work: Path) -> Path:
                         fx.admissions, "--diagnoses", fx.diagnoses, "--task", "dia", "-o", folder, "--quiet",
                         "--overwrite"], check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     return folder
+
+
+BUILDERS = {"ncbi_categories": ncbi_categories, "multilabel_fixture": multilabel_fixture}  # DATASETS' built folders
 
 
 def run_folder(job: tuple, work: Path) -> Path:
@@ -104,7 +153,7 @@ def run_one(job: tuple, work: Path) -> dict:
 def majority_baseline(dataset: str, seed: int, data: Path) -> float | None:
     """Test macro-F1 of always answering the training split's most frequent label, on the rows the run saw
     (a classification dataset; None for NER)."""
-    if "NER" in dataset:
+    if task_group(dataset) != "classification":  # NER; multi-label, whose most frequent label set is empty
         return None
     sys.path.insert(0, str(ROOT))
     from sklearn.metrics import f1_score
@@ -123,8 +172,9 @@ def majority_baseline(dataset: str, seed: int, data: Path) -> float | None:
 
 
 def task_group(dataset: str) -> str:
-    """Defaults are chosen per group: NER has its own (edgeclin/defaults.py), the classification tasks share one."""
-    return "NER" if "NER" in dataset else "classification"
+    """Defaults are chosen per group: NER and multi-label may have their own (edgeclin/defaults.py), single-label
+    and pairs share one."""
+    return "NER" if "NER" in dataset else "multi-label" if "multi-label" in dataset else "classification"
 
 
 def setting_key(row: dict) -> tuple[str, str, str]:
@@ -219,7 +269,8 @@ def main() -> None:
                         help="Name of the results files in benchmarks/results/ (e.g. search_peft_defaults "
                              f"for --methods {PEFT_METHODS}).")
     args = parser.parse_args()
-    data = {d: DATASETS[d][0] or multilabel_fixture(args.work) for d in args.datasets.split(",")}
+    data = {d: DATASETS[d][0] if isinstance(DATASETS[d][0], Path) else BUILDERS[DATASETS[d][0]](args.work)
+            for d in args.datasets.split(",")}
     keep = args.settings.split(";") if args.settings else None
     # seed-major: every setting gets one seed on every dataset before any gets a second
     jobs = [(d, m, name, opts, seed, data[d]) for seed in map(int, args.seeds.split(","))
