@@ -4,7 +4,8 @@ Each step is one small function, usable on its own:
 
 1. ``merged_model`` an adapter first (LoRA models exported unmerged are wrong: peft #670, #901);
 2. ``export_onnx``: optimum-onnx's exporter, dynamic batch and sequence axes;
-3. ``optimize_onnx`` (``--optimize``): optimum's ``ORTOptimizer`` (onnxruntime's transformer fusions);
+3. ``optimize_onnx`` (``--optimize``): optimum's ``ORTOptimizer`` (onnxruntime's transformer fusions),
+   with every tensor's shape recorded (``with_shapes``) so that the fused graph can be quantised;
 4. the quantisation recipes (``edgeclin.quantization``, ``--int8``), tried in turn by
 5. the gate (``edgeclin.gate``): every variant scored with the task metric against fp32;
 6. ``write_bundle``: files and the checksummed manifest, built beside the output and renamed
@@ -142,7 +143,25 @@ def optimize_onnx(onnx_path: Path, out_path: Path) -> tuple[Path, dict]:
     shutil.move(str(next(scratch.glob("*optimized.onnx"))), out_path)
     config = read_json(scratch / "ort_config.json") if (scratch / "ort_config.json").exists() else {}
     shutil.rmtree(scratch, ignore_errors=True)
+    with_shapes(out_path)
     return out_path, config
+
+
+def with_shapes(onnx_path: Path) -> None:
+    """Record the shape and type of every tensor in the graph (onnxruntime's symbolic shape inference).
+
+    onnx's own inference cannot type the outputs of onnxruntime's fused ops (Attention,
+    SkipLayerNormalization, FastGelu), and onnxruntime's quantiser then stops at the first MatMul
+    behind one ("Unable to find data type"); with the types recorded it quantises the fused graph.
+    """
+    import onnx
+    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+    try:
+        inferred = SymbolicShapeInference.infer_shapes(onnx.load(str(onnx_path)), auto_merge=True)
+    except Exception as exc:  # the tool raises bare Exceptions on graphs it cannot follow
+        raise EdgeclinError(f"--optimize: onnxruntime cannot infer the optimised graph's shapes ({exc})") from None
+    onnx.save(inferred, str(onnx_path))
 
 
 def write_bundle(folder: Path, model: Path, source_dir: Path, labels: LabelsFile | dict,

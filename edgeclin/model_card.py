@@ -99,7 +99,8 @@ def bundle_card(manifest: BundleManifest) -> str:
         lines += ["", f"Engines measured on {cpu.get('model')} ({', '.join(cpu.get('isa', []))}), batch 1, "
                   "one thread:",
                   "", "| backend | graph | precision | p50 ms | passed |", "|---|---|---|---:|---|"]
-        lines += [f"| {c['backend']} | {c['model']} | {c['precision']} | {c['p50_ms']:.2f} | {c['passed']} |"
+        lines += [f"| {c['backend']} | {c['model']} | {c['precision']} | "
+                  + (f"{c['p50_ms']:.2f} | {c['passed']} |" if "p50_ms" in c else f"– | cannot load it: {c['error']} |")
                   for c in runtime.get("candidates", [])]
         preferred = runtime.get("preferred", {})
         lines += ["", f"`--backend auto` runs {preferred.get('backend')} ({preferred.get('precision')}) on this "

@@ -18,6 +18,7 @@ import numpy as np
 
 from edgeclin.artifacts import BundleManifest, canonical_json
 from edgeclin.engines import BACKENDS, MODEL_FILE, Candidate, candidates, get_backend
+from edgeclin.errors import EdgeclinError
 from edgeclin.files import cache_dir, read_json, write_json
 from edgeclin.hardware import cpu_features
 from edgeclin.timing import time_interleaved
@@ -131,8 +132,14 @@ def measure_candidates(folder, manifest: BundleManifest, examples: list, referen
     known = known or {}
     from edgeclin.runtime import bundle_model
 
-    found = candidates(manifest.graph_precisions())
-    models = [bundle_model(folder, manifest, c, threads=1) for c in found]
+    found, models, unloadable = [], [], []
+    for candidate in candidates(manifest.graph_precisions()):
+        try:
+            models.append(bundle_model(folder, manifest, candidate, threads=1))
+            found.append(candidate)
+        except EdgeclinError as exc:  # e.g. OpenVINO and a graph of onnxruntime's fused ops (--optimize)
+            unloadable.append({**candidate.as_dict(), "passed": False, "loads": False,
+                               "error": str(exc).removeprefix(f"{folder / candidate.model}: ")[:300]})
     sample = sorted(examples, key=lambda e: len(e.text))[len(examples) // 2]
     times = time_interleaved({i: functools.partial(_call, m, sample) for i, m in enumerate(models)}, 3, rounds)
     results = []
@@ -146,4 +153,5 @@ def measure_candidates(folder, manifest: BundleManifest, examples: list, referen
     if preferred is not baseline and baseline["p50_ms"] / preferred["p50_ms"] < SPEEDUP_TO_SWITCH:
         preferred = baseline
     return {"cpu": cpu_features().signature(), "threads": 1, "batch_size": 1, "rounds": rounds,
-            "candidates": results, "preferred": {k: preferred[k] for k in ("backend", "model", "precision")}}
+            "candidates": results + unloadable,
+            "preferred": {k: preferred[k] for k in ("backend", "model", "precision")}}

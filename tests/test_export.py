@@ -114,6 +114,22 @@ def test_optimize_and_static_variants(lora_run, tmp_path):
     assert runtime.load(result.bundle).predict(["knee pain after a fall"]).labels[0] in labels
 
 
+def test_optimized_graph_takes_dynamic_int8(lora_run, tmp_path):
+    """onnxruntime's quantiser cannot type the outputs of the fused ops (Attention, SkipLayerNormalization) by
+    itself; the optimised graph carries their shapes and types, so --optimize --int8 quantises it."""
+    result = export(lora_run.output, tmp_path / "optimized", int8=True, optimize=True, max_drop=100.0, quiet=True)
+    names = [v["name"] for v in result.manifest["gate"]["variants"]]
+    assert names[1] == "onnx fp32 optimized" and names[2].startswith("int8 dynamic")
+    assert result.manifest["optimized"] is True and result.manifest["quantization"]["mode"] == "dynamic"
+    assert runtime.load(result.bundle).predict(["knee pain after a fall"]).labels
+    # OpenVINO reads no onnxruntime fused ops: measured as an engine that cannot load the graph, never chosen
+    measured = result.manifest["runtime"]["candidates"]
+    unloadable = [c for c in measured if c.get("loads") is False]
+    assert [c["backend"] for c in unloadable] == ["openvino"] and not unloadable[0]["passed"]
+    assert result.manifest["runtime"]["preferred"]["backend"] == "onnxruntime"
+    assert "cannot load it" in (result.bundle / "README.md").read_text()
+
+
 def test_predict_cli_reproduces_gate_metric(bundle, demo_folder, tmp_path):
     out = tmp_path / "pred.jsonl"
     result = CliRunner().invoke(main, ["predict", str(bundle), "--data", str(demo_folder / "test.csv"), "-o", str(out)])
