@@ -115,7 +115,7 @@ def test_optimize_and_static_variants(lora_run, tmp_path):
 
 
 def test_optimized_graph_takes_dynamic_int8(lora_run, tmp_path):
-    """onnxruntime's quantiser cannot type the outputs of the fused ops (Attention, SkipLayerNormalization) by
+    """PITFALLS 7: onnxruntime's quantiser cannot type the outputs of the fused ops (Attention, SkipLayerNorm) by
     itself; the optimised graph carries their shapes and types, so --optimize --int8 quantises it."""
     result = export(lora_run.output, tmp_path / "optimized", int8=True, optimize=True, max_drop=100.0, quiet=True)
     names = [v["name"] for v in result.manifest["gate"]["variants"]]
