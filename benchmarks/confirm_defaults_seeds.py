@@ -58,9 +58,9 @@ def cpu_flags() -> str:
     return " ".join(flag for flag in wanted if f" {flag}" in flags + " ") or "none of " + ",".join(wanted)
 
 
-def commit() -> str:
-    out = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True, text=True)
-    return out.stdout.strip() or "unknown"
+def short_commit(commit: str | None) -> str:
+    """The commit the run recorded at its start (run.json), shortened: the code it trained with."""
+    return "unknown" if not commit else commit[:7] + ("-dirty" if commit.endswith("-dirty") else "")
 
 
 def train(dataset: str, method: str, seed: int, work: Path, stale: bool) -> dict:
@@ -87,8 +87,8 @@ def train(dataset: str, method: str, seed: int, work: Path, stale: bool) -> dict
             "lr": record["resolved"]["lr"], "head_lr": record["resolved"].get("head_lr"),
             "applied": record["resolved"].get("defaults", {}).get("applied", {}),
             "text_pair_col": record["config"].get("text_pair_col"), "max_length": record["config"]["max_length"],
-            "commit": commit(), "cpu": f"{platform.processor() or platform.machine()}, {cpu_flags()}, "
-                                     f"{os.cpu_count()} cores"}
+            "commit": short_commit(record.get("git_commit")),
+            "cpu": f"{record['environment'].get('cpu') or platform.machine()}, {cpu_flags()}, {os.cpu_count()} cores"}
 
 
 def majority(dataset: str) -> float | None:
