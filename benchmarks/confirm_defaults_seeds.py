@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -42,20 +41,12 @@ sys.path.insert(0, str(ROOT))
 
 def defaults_key(dataset: str, method: str) -> dict:
     """What the table fills for this method on this dataset's task now: a cell with other values is stale."""
-    from edgeclin.data import load_dataset
+    from edgeclin.data import detect_task, find_split_files
     from edgeclin.defaults import defaults_for
+    from edgeclin.schema import Columns
 
-    task = load_dataset(SHARED / dataset, check=False).task
+    task = detect_task(find_split_files(SHARED / dataset)["train"], Columns()).name  # the header, not every row
     return {"task": task, **defaults_for(method, task).values()}
-
-
-def cpu_flags() -> str:
-    wanted = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
-    try:
-        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
-    except (OSError, StopIteration):
-        return "unknown"
-    return " ".join(flag for flag in wanted if f" {flag}" in flags + " ") or "none of " + ",".join(wanted)
 
 
 def short_commit(commit: str | None) -> str:
@@ -88,7 +79,13 @@ def train(dataset: str, method: str, seed: int, work: Path, stale: bool) -> dict
             "applied": record["resolved"].get("defaults", {}).get("applied", {}),
             "text_pair_col": record["config"].get("text_pair_col"), "max_length": record["config"]["max_length"],
             "commit": short_commit(record.get("git_commit")),
-            "cpu": f"{record['environment'].get('cpu') or platform.machine()}, {cpu_flags()}, {os.cpu_count()} cores"}
+            "cpu": _cpu(record["environment"])}
+
+
+def _cpu(environment: dict) -> str:
+    """The CPU the run recorded (edgeclin.hardware.environment): model, ISA flags, cores."""
+    return f"{environment.get('cpu')}, {', '.join(environment.get('isa', [])) or 'no ISA flags'}, " \
+           f"{environment.get('cores')} cores"
 
 
 def majority(dataset: str) -> float | None:
