@@ -236,7 +236,8 @@ def merge(run, output, eval_data, overwrite) -> None:
               help="Apply onnxruntime's transformer fusions (kept only if the gate passes).")
 @click.option("--opset", type=int, help="ONNX opset (default: optimum's choice).")
 @click.option("--quantize", type=click.Choice(list(QUANTIZE_OPS)), default="all", show_default=True,
-              help="all: optimum's op set, embeddings included (smallest); matmul: leave the embedding table fp32.")
+              help="all: optimum's op set, the embedding table int8 at one scale (smallest); matmul+embeddings: "
+              "MatMul int8 and the embedding table int8 with a scale per row; matmul: the embedding table fp32.")
 @click.option("--per-channel", is_flag=True, help="Per-channel weight scales (not always more accurate: measure).")
 @click.option("--isa", type=click.Choice(["auto", *INT8_PRESETS]), default="auto",
               show_default=True, help="Quantisation preset; auto detects this CPU.")

@@ -101,7 +101,7 @@ def test_gate_failure_leaves_no_bundle_unless_forced(lora_run, tmp_path):
     assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".gated")]
     forced = export(lora_run.output, out, int8=True, max_drop=-100.0, force=True, quiet=True)
     assert forced.manifest["gate"]["forced"] is True
-    assert len(forced.manifest["gate"]["variants"]) == 5  # fp32 + all four dynamic settings were tried
+    assert len(forced.manifest["gate"]["variants"]) == 7  # fp32 + all six dynamic settings were tried
 
 
 def test_optimize_and_static_variants(lora_run, tmp_path):
@@ -258,3 +258,49 @@ def test_plain_folder_reference_and_onnx_see_the_same_tokens(tiny_bert, tmp_path
     assert len(lengths) >= 2 and set(lengths) == {512}  # the PyTorch reference and every ONNX variant
     fp32 = manifest["gate"]["variants"][0]["metrics"]
     assert fp32 == pytest.approx(manifest["gate"]["source_pytorch_fp32"], abs=1e-9)
+
+
+def _graph_with_tables(folder):
+    """A vocabulary (one outlier row, one zero row), a position table and a table a MatMul also reads."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    tables = {"vocab": rng.normal(size=(1200, 8)), "positions": rng.normal(size=(512, 8)),
+              "tied": rng.normal(size=(1500, 8)), "w": rng.normal(size=(8, 4))}
+    tables["vocab"][5] *= 40
+    tables["vocab"][7] = 0
+    node = helper.make_node
+    nodes = [node("Gather", ["vocab", "ids"], ["e"]), node("Gather", ["positions", "ids"], ["p"]),
+             node("Gather", ["tied", "ids"], ["t"]), node("Add", ["e", "p"], ["ep"]), node("Add", ["ep", "t"], ["x"]),
+             node("MatMul", ["x", "w"], ["y"]), node("Transpose", ["tied"], ["tied_t"]),
+             node("MatMul", ["x", "tied_t"], ["z"])]
+    outputs = [helper.make_tensor_value_info(name, TensorProto.FLOAT, None) for name in ("e", "y", "z")]
+    graph = helper.make_graph(nodes, "tables", [helper.make_tensor_value_info("ids", TensorProto.INT64, ["b", "s"])],
+                              outputs, [numpy_helper.from_array(a.astype(np.float32), n) for n, a in tables.items()])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), folder / "model.onnx")
+    return folder / "model.onnx", tables["vocab"]
+
+
+def test_embedding_rows_are_int8_each_at_its_own_scale(tmp_path):
+    import onnx
+    import onnxruntime as ort
+
+    from edgeclin.quantization import DynamicInt8, int8_embedding_rows
+
+    source, vocab = _graph_with_tables(tmp_path)
+    assert int8_embedding_rows(source, tmp_path / "rows.onnx") == ["vocab"]  # positions: short; tied: a MatMul reads it
+    ids = np.array([[0, 5, 7, 511, 3]])
+
+    def run(path):
+        return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"ids": ids})
+
+    (e, _, _), (e_rows, _, _) = run(source), run(tmp_path / "rows.onnx")
+    row_scales = np.abs(vocab[ids[0]]).max(axis=1) / 127
+    assert np.all(np.abs(e_rows - e)[0].max(axis=1) <= row_scales / 2 + 1e-6)  # the outlier row 5 costs only itself
+    assert not e_rows[0, 2].any()  # a zero row stays zero
+    # the recipe: MatMul int8 by optimum, then the rows; the manifest's config names the converted tables
+    config = DynamicInt8("avx2", "matmul+embeddings", True).apply(source, tmp_path / "q.onnx", None)
+    assert config["embedding_rows_int8"] == ["vocab"]
+    weights = {init.name for init in onnx.load(str(tmp_path / "q.onnx")).graph.initializer}
+    assert {"vocab_int8", "vocab_row_scale", "positions", "tied"} <= weights and "vocab" not in weights
