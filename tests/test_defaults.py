@@ -13,6 +13,7 @@ from edgeclin.training import TrainConfig, train
 
 RESULTS = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
 TOKEN = "token_classification"
+GROUP_TASKS = {"NER": TOKEN, "multi-label": "multi_label_classification"}  # the search's task groups
 
 
 def test_every_method_has_general_defaults():
@@ -85,7 +86,7 @@ def test_learning_rates_are_the_robust_search_choice(results):
     assert result["chosen"], "the search chose nothing"
     for key, setting in result["chosen"].items():
         method, group = key.split(" / ")
-        chosen = defaults_for(method, TOKEN if group == "NER" else ANY_TASK)
+        chosen = defaults_for(method, GROUP_TASKS.get(group, ANY_TASK))
         head = f" head {_short(chosen.head_lr)}" if chosen.head_lr else ""
         assert setting == f"lr {_short(chosen.lr)}{head}", key
         rows = [t for t in result["table"] if (t["method"], t["group"]) == (method, group)]
