@@ -530,7 +530,8 @@ def sweep_command(models, methods, data, seeds, search, output, quiet, **options
               help="How the student trains: every weight (it is small), or LoRA.")
 @click.option("--epochs", type=click.IntRange(min=1), help="Passes over the training split (default: train's).")
 @click.option("--max-steps", type=click.IntRange(min=1), help="Stop after this many optimizer steps.")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Learning rate (default: the method's).")
+@click.option("--lr", type=LearningRate(),
+              help="Learning rate (default: the method's); auto: a range test on the distillation loss, as for train.")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Rows per batch (default: train's).")
 @click.option("--seed", type=int, help="Seed (default: train's).")
 @click.option("--allow-degenerate", is_flag=True, help="As for train.")
@@ -552,8 +553,10 @@ def distill_command(teacher, output, layers, student, temperature, alpha, hidden
     from edgeclin.distill import distill
     from edgeclin.tasks import get_task
 
+    lr_auto = options.get("lr") == "auto"
+    options["lr"] = None if lr_auto else options.get("lr")
     result = distill(teacher, output, layers=layers, student=student, temperature=temperature, alpha=alpha,
-                     hidden_loss=hidden_loss, unlabelled=unlabelled, progress=not quiet, **options)
+                     hidden_loss=hidden_loss, unlabelled=unlabelled, progress=not quiet, lr_auto=lr_auto, **options)
     click.echo(f"{result.output}: test {get_task(result.metrics['task']).headline(result.metrics['test'])}")
 
 

@@ -10,6 +10,7 @@ from click.testing import CliRunner
 from conftest import write_csv
 
 from edgeclin.artifacts import open_model_folder
+from edgeclin.defaults import defaults_for
 from edgeclin.distill import distill, layer_map, student_from_teacher, teacher_model
 from edgeclin.errors import EdgeclinError
 from edgeclin.training import TrainConfig, train
@@ -119,6 +120,17 @@ def test_bad_distillation_options(lora_run, tiny_bert, tmp_path):
     result = CliRunner().invoke(__import__("edgeclin.cli", fromlist=["main"]).main,
                                 ["distill", str(lora_run.output), "--temperature", "0", "-o", str(tmp_path / "y")])
     assert result.exit_code == 2 and not (tmp_path / "y").exists()
+
+
+def test_lr_auto_runs_its_range_test_on_the_distillation_loss(lora_run, tmp_path):
+    result = CliRunner().invoke(__import__("edgeclin.cli", fromlist=["main"]).main,
+                                ["distill", str(lora_run.output), "--layers", "1", "--lr", "auto", "--max-steps", "2",
+                                 "--allow-degenerate", "--quiet", "-o", str(tmp_path / "auto")])
+    assert result.exit_code == 0, result.output
+    resolved = json.loads((tmp_path / "auto" / "run.json").read_text())["resolved"]
+    test = resolved["lr_range_test"]
+    assert test["base_lr"] == defaults_for("full").lr  # the student trains in full
+    assert resolved["lr"] == pytest.approx(test["lr"]) == pytest.approx(test["base_lr"] * test["chosen"])
 
 
 def test_a_student_must_share_the_tokenizer(lora_run, tmp_path):
