@@ -163,7 +163,7 @@ def int8_embedding_rows(source: Path, target: Path) -> list[str]:
 
     model = onnx.load(str(source))
     graph = model.graph
-    readers: dict[str, list] = {}
+    readers: dict[str, list] = {name.name: [None] for name in graph.input}  # a graph input can be overridden
     for node in graph.node:
         for name in node.input:
             readers.setdefault(name, []).append(node)
@@ -195,8 +195,8 @@ def int8_embedding_rows(source: Path, target: Path) -> list[str]:
 
 
 def _gathers_rows(node, table: str) -> bool:
-    """Is ``node`` a row lookup (Gather on axis 0) in ``table``?"""
-    if node.op_type != "Gather" or node.input[0] != table:
+    """Is ``node`` a row lookup (Gather on axis 0) in ``table``? (None stands for a graph input.)"""
+    if node is None or node.op_type != "Gather" or node.input[0] != table:
         return False
     return all(attr.i == 0 for attr in node.attribute if attr.name == "axis")
 
