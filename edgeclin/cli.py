@@ -40,6 +40,12 @@ class LearningRate(click.ParamType):
         return rate
 
 
+def _with_lr_auto(options: dict) -> dict:
+    """``--lr auto`` as TrainConfig takes it: no rate, and ``lr_auto`` set."""
+    lr_auto = options.get("lr") == "auto"
+    return {**options, "lr": None if lr_auto else options.get("lr"), "lr_auto": lr_auto}
+
+
 def _friendly_errors(command):
     """Turn EdgeclinError into one line on stderr and a non-zero exit (2; 3 for a collapsed run): no traceback."""
 
@@ -183,9 +189,7 @@ def train(ctx, resume, quiet, **options) -> None:
         _refuse_options_with_resume(ctx)
         result = run_training(resume=resume, progress=not quiet)
     else:
-        lr_auto = options.get("lr") == "auto"
-        options["lr"] = None if lr_auto else options.get("lr")
-        result = run_training(TrainConfig(progress=not quiet, lr_auto=lr_auto, **options))
+        result = run_training(TrainConfig(progress=not quiet, **_with_lr_auto(options)))
     if os.environ.get("RANK", "0") != "0":  # under accelerate launch / torchrun: one summary line
         return
     click.echo(f"{result.output}: test {get_task(result.metrics['task']).headline(result.metrics['test'])}")
@@ -553,10 +557,8 @@ def distill_command(teacher, output, layers, student, temperature, alpha, hidden
     from edgeclin.distill import distill
     from edgeclin.tasks import get_task
 
-    lr_auto = options.get("lr") == "auto"
-    options["lr"] = None if lr_auto else options.get("lr")
     result = distill(teacher, output, layers=layers, student=student, temperature=temperature, alpha=alpha,
-                     hidden_loss=hidden_loss, unlabelled=unlabelled, progress=not quiet, lr_auto=lr_auto, **options)
+                     hidden_loss=hidden_loss, unlabelled=unlabelled, progress=not quiet, **_with_lr_auto(options))
     click.echo(f"{result.output}: test {get_task(result.metrics['task']).headline(result.metrics['test'])}")
 
 

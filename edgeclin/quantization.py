@@ -163,13 +163,7 @@ def int8_embedding_rows(source: Path, target: Path) -> list[str]:
 
     model = onnx.load(str(source))
     graph = model.graph
-    readers: dict[str, list] = {name.name: [None] for name in graph.input}  # a graph input can be overridden
-    for node in graph.node:
-        for name in node.input:
-            readers.setdefault(name, []).append(node)
-    tables = {init.name: init for init in graph.initializer
-              if init.data_type == TensorProto.FLOAT and len(init.dims) == 2 and init.dims[0] >= VOCABULARY_ROWS
-              and readers.get(init.name) and all(_gathers_rows(node, init.name) for node in readers[init.name])}
+    tables = _vocabulary_tables(graph)
     for name, init in tables.items():
         rows = numpy_helper.to_array(init)
         scales = np.abs(rows).max(axis=1, keepdims=True) / 127.0
@@ -192,6 +186,19 @@ def int8_embedding_rows(source: Path, target: Path) -> list[str]:
     graph.node.extend(nodes)
     onnx.save(model, str(target))
     return sorted(tables)
+
+
+def _vocabulary_tables(graph) -> dict:
+    """The 2-D fp32 initializers of at least VOCABULARY_ROWS rows that only row lookups read, by name."""
+    from onnx import TensorProto
+
+    readers: dict[str, list] = {name.name: [None] for name in graph.input}  # a graph input can be overridden
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    return {init.name: init for init in graph.initializer
+            if init.data_type == TensorProto.FLOAT and len(init.dims) == 2 and init.dims[0] >= VOCABULARY_ROWS
+            and readers.get(init.name) and all(_gathers_rows(node, init.name) for node in readers[init.name])}
 
 
 def _gathers_rows(node, table: str) -> bool:

@@ -9,11 +9,11 @@ import pytest
 from edgeclin.defaults import ANY_TASK, DEFAULTS, FIELDS, defaults_for, describe, fill_defaults
 from edgeclin.errors import EdgeclinError
 from edgeclin.methods import METHODS
+from edgeclin.tasks import MULTI_LABEL, TOKEN
 from edgeclin.training import TrainConfig, train
 
 RESULTS = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
-TOKEN = "token_classification"
-GROUP_TASKS = {"NER": TOKEN, "multi-label": "multi_label_classification"}  # the search's task groups
+GROUP_TASKS = {"NER": TOKEN, "multi-label": MULTI_LABEL}  # the search's task groups
 
 
 def test_every_method_has_general_defaults():

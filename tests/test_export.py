@@ -299,12 +299,12 @@ def test_embedding_rows_are_int8_each_at_its_own_scale(tmp_path):
     row_scales = np.abs(vocab[ids[0]]).max(axis=1) / 127
     assert np.all(np.abs(e_rows - e)[0].max(axis=1) <= row_scales / 2 + 1e-6)  # the outlier row 5 costs only itself
     assert not e_rows[0, 2].any()  # a zero row stays zero
-    # the recipe: MatMul int8 by optimum, then the rows; the manifest's config names the converted tables
     # an initializer that is also a graph input may be fed at run time: left alone
     overridable = onnx.load(str(source))
     overridable.graph.input.append(onnx.helper.make_tensor_value_info("vocab", onnx.TensorProto.FLOAT, [1200, 8]))
     onnx.save(overridable, str(tmp_path / "overridable.onnx"))
     assert int8_embedding_rows(tmp_path / "overridable.onnx", tmp_path / "overridable-rows.onnx") == []
+    # the recipe: MatMul int8 by optimum, then the rows; the manifest's config names the converted tables
     config = DynamicInt8("avx2", "matmul+embeddings", True).apply(source, tmp_path / "q.onnx", None)
     assert config["embedding_rows_int8"] == ["vocab"]
     weights = {init.name for init in onnx.load(str(tmp_path / "q.onnx")).graph.initializer}
