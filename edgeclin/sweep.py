@@ -4,7 +4,8 @@ Every cell is an ordinary run folder, ``<out>/runs/<model>-<method>-seed<k>/``, 
 ``edgeclin.training.train`` in this process. A rerun of the same command skips finished
 cells, resumes interrupted ones from their last epoch and retries failed ones, so a sweep
 can be stopped at any time. The report (``sweep.md``, ``sweep.csv``, ``sweep.json`` and
-two plots) is rebuilt from the run folders at the end of every invocation.
+two plots) is rebuilt from the run folders at the end of every invocation, and covers every
+cell that any invocation into the folder asked for: a grid can grow by models or methods.
 
 The metric in the table is each run's own selection metric on its test split
 (``metrics.json["selection_metric"]``: macro-F1 for single-label classification, micro-F1
@@ -38,6 +39,7 @@ DEFAULT_METHODS = ("full", "lora", "ia3", "prefix", "prompt", "ptuning")
 # TrainConfig fields the sweep sets per cell; every other field is a sweep-wide option
 CELL_FIELDS = ("model", "method", "seed", "output", "overwrite", "progress", "data")
 SETTINGS = "sweep_settings.json"  # what a rerun into the same folder must agree with
+CELLS = "sweep_cells.json"  # every cell any invocation asked for: the report covers the whole folder
 # --search: learning rate log-uniform in [default x 0.1, default x 10]; LoRA also rank and alpha
 LR_FACTORS = (0.1, 10.0)
 LORA_RANKS = (4, 8, 16)
@@ -156,13 +158,15 @@ def run_sweep(models, methods=DEFAULT_METHODS, *, output: str | Path, data: str 
     try:
         _check_settings(out, settings)
         cells = [Cell(m, short_name(m), method, seed) for m in models for method in methods for seed in range(seeds)]
+        every_cell = _remember_cells(out, cells)
         sweep = SweepRun(out, data, train_options, search, progress, {}, {})
         started, peak_reset = time.time(), _run_cells(sweep, cells)
     finally:
         lock.release()
-    summary = collect(out, cells, sweep.statuses)
-    summary["config"] = {"models": models, "methods": methods, "seeds": list(range(seeds)), "output": str(out),
-                         **settings}
+    summary = collect(out, every_cell, sweep.statuses)
+    summary["config"] = {"models": _unique(c.model for c in every_cell),
+                         "methods": _unique(c.method for c in every_cell),
+                         "seeds": sorted(_unique(c.seed for c in every_cell)), "output": str(out), **settings}
     summary["environment"] = _environment(search > 0)
     summary["memory_note"] = MEMORY_NOTES[peak_reset]
     summary["search"] = sweep.searches
@@ -257,6 +261,23 @@ def _check_settings(out: Path, settings: dict) -> None:
     else:
         (out / "runs").mkdir(parents=True, exist_ok=True)
         write_json(path, settings)
+
+
+def _unique(items) -> list:
+    return list(dict.fromkeys(items))
+
+
+def _remember_cells(out: Path, cells: list[Cell]) -> list[Cell]:
+    """The folder's cells so far plus this invocation's, recorded for the next one.
+
+    A grid grows over invocations (say every method on the small models, then full and
+    LoRA alone on the 110M one), and its report should show all of it, not the last command.
+    """
+    path = out / CELLS
+    earlier = [Cell(**c) for c in read_json(path)["cells"]] if path.is_file() else []
+    every_cell = _unique([*earlier, *cells])
+    write_json(path, {"cells": [{f.name: getattr(c, f.name) for f in fields(Cell)} for c in every_cell]})
+    return every_cell
 
 
 def _finished(out: Path, cell: Cell) -> bool:
@@ -565,6 +586,8 @@ def collect(out: Path, cells: list[Cell], statuses: dict[str, dict]) -> dict:
             reference = full.get(entry["model"])
             entry["gap_to_full_points"] = (entry["test_mean"] - reference
                                            if reference is not None and entry["test_mean"] is not None else None)
+        # smallest model first, as the paper lays out its grid (the sort is stable: methods keep their order)
+        task_entry["rows"].sort(key=lambda e: e["model_params"] or float("inf"))
     return {"cells": rows, "tasks": tasks, "failed": failed}
 
 

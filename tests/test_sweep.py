@@ -125,6 +125,27 @@ def test_failed_cell_is_recorded_and_sweep_continues(tiny_bert, demo_folder, tmp
     assert [r["status"] for r in rows] == ["ok", "failed"]
 
 
+def test_a_second_command_grows_the_grid_and_the_report_covers_both(tiny_bert, demo_folder, tmp_path):
+    from transformers import AutoTokenizer, BertForSequenceClassification
+
+    smaller = tmp_path / "tiny-bert-1-layer"  # the grid's other model: one layer fewer, same vocabulary
+    BertForSequenceClassification.from_pretrained(tiny_bert, num_hidden_layers=1).save_pretrained(smaller)
+    AutoTokenizer.from_pretrained(tiny_bert).save_pretrained(smaller)
+    out = tmp_path / "grid"
+    run_sweep([str(tiny_bert)], ["full"], output=out, data=str(demo_folder), progress=False, **FAST)
+    result = run_sweep([str(smaller)], ["full", "lora"], output=out, data=str(demo_folder), progress=False, **FAST)
+
+    rows = result.summary["tasks"]["single_label_classification"]["rows"]
+    # every cell of the folder, smallest model first
+    assert [(r["model"], r["method"]) for r in rows] == [(smaller.name, "full"), (smaller.name, "lora"),
+                                                         (tiny_bert.name, "full")]
+    assert rows[0]["model_params"] < rows[2]["model_params"]
+    assert result.summary["config"]["models"] == [str(tiny_bert), str(smaller)]
+    earlier = next(c for c in result.summary["cells"] if c["model"] == tiny_bert.name)
+    assert earlier["status"] == "ok" and earlier["how"] == "done earlier"
+    assert tiny_bert.name in (out / "sweep.md").read_text()
+
+
 def test_other_settings_into_the_same_folder_are_refused(grid, tiny_bert, demo_folder):
     with pytest.raises(EdgeclinError, match=r"other settings.*max_steps"):
         run_sweep([str(tiny_bert)], ["full"], output=grid.output, data=str(demo_folder), progress=False,
