@@ -526,6 +526,7 @@ def _cell_row(out: Path, cell: Cell, status: dict | None) -> dict:
         optimizer_steps=training.get("optimizer_steps"), lr=training.get("lr"),
         peak_rss_mb=metrics.get("memory", {}).get("peak_rss_mb"),
         cuda_max_allocated_mb=metrics.get("memory", {}).get("cuda_max_allocated_mb"),
+        collapsed=metrics.get("degenerate"),  # why its best epoch looks degenerate, or None
     )
     if cell.method == "lora":
         row.update(lora_r=config.get("lora_r"), lora_alpha=config.get("lora_alpha"))
@@ -569,6 +570,7 @@ def collect(out: Path, cells: list[Cell], statuses: dict[str, dict]) -> dict:
                 "test_values": [100 * v for v in values],
                 "seeds_ok": [r["seed"] for r in group],
                 "seeds_failed": [r["seed"] for r in problems],
+                "seeds_collapsed": [r["seed"] for r in group if r.get("collapsed")],
                 "failures": [r.get("reason", "") for r in problems],
             }
             task_entry = tasks.setdefault(task, {"metric": group[0]["metric"], "rows": []})
@@ -607,8 +609,8 @@ def _environment(with_optuna: bool) -> dict:
 
 CSV_COLUMNS = ("task", "metric", "model", "model_params", "method", "init", "lr", "lora_r", "lora_alpha",
                "trainable_params", "trainable_percent", "adapter_bytes", "train_seconds", "samples_per_second",
-               "peak_rss_mb", "test_mean", "test_std", "gap_to_full_points", "seeds_ok", "seeds_failed", "status",
-               "reason")
+               "peak_rss_mb", "test_mean", "test_std", "gap_to_full_points", "seeds_ok", "seeds_failed",
+               "seeds_collapsed", "status", "reason")
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -626,6 +628,7 @@ def write_report(out: Path, summary: dict) -> None:
         for entry in task_entry["rows"]:
             row = {**entry, "task": task, "metric": task_entry["metric"], "status": "ok",
                    "seeds_ok": len(entry["seeds_ok"]), "seeds_failed": len(entry["seeds_failed"]),
+                   "seeds_collapsed": len(entry.get("seeds_collapsed", [])),
                    "reason": "; ".join(entry["failures"])}
             writer.writerow(["" if row.get(c) is None else row[c] for c in CSV_COLUMNS])
     for entry in summary["failed"]:
@@ -671,7 +674,8 @@ def report_markdown(summary: dict) -> str:
         lines += [f"## {task}: test {metric}", "",
                   f"Test {metric} in percent, mean ± standard deviation over seeds; Δ full: points against full "
                   "fine-tuning of the same model. Time, samples/s: training only (mean over seeds); "
-                  "size: the saved weights (adapter, or whole model for full).", "",
+                  "size: the saved weights (adapter, or whole model for full); collapsed: seeds whose best "
+                  "epoch still looks degenerate (one class for every answer).", "",
                   f"| model | params | method | trainable | trainable % | size | train s | samples/s | "
                   f"peak RSS MiB | test {metric} | Δ full | seeds |",
                   "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -679,6 +683,8 @@ def report_markdown(summary: dict) -> str:
             score = _num(e["test_mean"], ".1f") + (f" ± {e['test_std']:.1f}" if e["test_std"] is not None else "")
             gap = "ref." if e["method"] == "full" else _num(e["gap_to_full_points"], "+.1f")
             seeds = str(len(e["seeds_ok"])) + (f" ({len(e['seeds_failed'])} failed)" if e["seeds_failed"] else "")
+            if e.get("seeds_collapsed"):  # a majority-class answer, not a result of the method
+                seeds += f", **{len(e['seeds_collapsed'])} collapsed**"
             lines.append(f"| {e['model']} | {_count(e['model_params'])} | {e['method']} | "
                          f"{_count(e['trainable_params'])} | {_num(e['trainable_percent'], '.2f')} | "
                          f"{_size(e['adapter_bytes'])} | {_num(e['train_seconds'], '.0f')} | "

@@ -146,6 +146,23 @@ def test_a_second_command_grows_the_grid_and_the_report_covers_both(tiny_bert, d
     assert tiny_bert.name in (out / "sweep.md").read_text()
 
 
+def test_a_collapsed_cell_is_marked_in_every_table(grid, tiny_bert, tmp_path):
+    out = tmp_path / "grid"
+    shutil.copytree(grid.output, out)
+    for path in (out / "runs").glob("*/metrics.json"):  # lora seed 1 collapsed, the rest healthy
+        reason = "every prediction is the class 'a'" if path.parent.name.endswith("lora-seed1") else None
+        path.write_text(json.dumps({**json.loads(path.read_text()), "degenerate": reason}))
+    cells = [sweep_module.Cell(str(tiny_bert), tiny_bert.name, m, s) for m in ("full", "lora") for s in (0, 1)]
+    summary = {**grid.summary, **sweep_module.collect(out, cells, {})}
+    rows = {r["method"]: r for r in summary["tasks"]["single_label_classification"]["rows"]}
+    assert rows["lora"]["seeds_collapsed"] == [1] and rows["full"]["seeds_collapsed"] == []
+    sweep_module.write_report(out, summary)
+    lora_line = next(line for line in (out / "sweep.md").read_text().splitlines() if "| lora |" in line)
+    assert lora_line.endswith("| 2, **1 collapsed** |")
+    table = {r["method"]: r for r in csv.DictReader((out / "sweep.csv").open())}
+    assert table["lora"]["seeds_collapsed"] == "1" and table["full"]["seeds_collapsed"] == "0"
+
+
 def test_other_settings_into_the_same_folder_are_refused(grid, tiny_bert, demo_folder):
     with pytest.raises(EdgeclinError, match=r"other settings.*max_steps"):
         run_sweep([str(tiny_bert)], ["full"], output=grid.output, data=str(demo_folder), progress=False,
