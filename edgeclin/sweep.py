@@ -22,7 +22,7 @@ import shutil
 import statistics
 import time
 import traceback
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from edgeclin.artifacts import METRICS, RUN_RECORD, PartialRun, partial_dir
@@ -276,7 +276,7 @@ def _remember_cells(out: Path, cells: list[Cell]) -> list[Cell]:
     path = out / CELLS
     earlier = [Cell(**c) for c in read_json(path)["cells"]] if path.is_file() else []
     every_cell = _unique([*earlier, *cells])
-    write_json(path, {"cells": [{f.name: getattr(c, f.name) for f in fields(Cell)} for c in every_cell]})
+    write_json(path, {"cells": [asdict(c) for c in every_cell]})
     return every_cell
 
 
@@ -542,7 +542,7 @@ def collect(out: Path, cells: list[Cell], statuses: dict[str, dict]) -> dict:
     """Per-cell rows from the run folders, and per task the (model, method) table over seeds."""
     rows = [_cell_row(out, cell, statuses.get(cell.name)) for cell in cells]
     tasks: dict[str, dict] = {}
-    pairs = list(dict.fromkeys((c.short, c.method) for c in cells))
+    pairs = _unique((c.short, c.method) for c in cells)
     failed = []
     for model, method in pairs:
         mine = [r for r in rows if (r["model"], r["method"]) == (model, method)]
@@ -628,7 +628,7 @@ def write_report(out: Path, summary: dict) -> None:
         for entry in task_entry["rows"]:
             row = {**entry, "task": task, "metric": task_entry["metric"], "status": "ok",
                    "seeds_ok": len(entry["seeds_ok"]), "seeds_failed": len(entry["seeds_failed"]),
-                   "seeds_collapsed": len(entry.get("seeds_collapsed", [])),
+                   "seeds_collapsed": len(entry["seeds_collapsed"]),
                    "reason": "; ".join(entry["failures"])}
             writer.writerow(["" if row.get(c) is None else row[c] for c in CSV_COLUMNS])
     for entry in summary["failed"]:
@@ -683,7 +683,7 @@ def report_markdown(summary: dict) -> str:
             score = _num(e["test_mean"], ".1f") + (f" ± {e['test_std']:.1f}" if e["test_std"] is not None else "")
             gap = "ref." if e["method"] == "full" else _num(e["gap_to_full_points"], "+.1f")
             seeds = str(len(e["seeds_ok"])) + (f" ({len(e['seeds_failed'])} failed)" if e["seeds_failed"] else "")
-            if e.get("seeds_collapsed"):  # a majority-class answer, not a result of the method
+            if e["seeds_collapsed"]:  # a majority-class answer, not a result of the method
                 seeds += f", **{len(e['seeds_collapsed'])} collapsed**"
             lines.append(f"| {e['model']} | {_count(e['model_params'])} | {e['method']} | "
                          f"{_count(e['trainable_params'])} | {_num(e['trainable_percent'], '.2f')} | "
