@@ -17,6 +17,16 @@ method's best mean.
     .venv/bin/python benchmarks/search_robust_defaults.py --methods ia3,prompt,ptuning,prefix \
         --datasets mtsamples,ade_corpus --results search_peft_defaults
 
+A model of BERT-base size (110M, edgeclin/defaults.py's BASE_SIZE) costs about 8x MiniLM-L6 per step,
+so its full fine-tune rate was searched on one slice per task group, one seed:
+
+    .venv/bin/python benchmarks/search_robust_defaults.py --model mpnet-base --methods full,lora \
+        --settings 'lr 5e-5;lr 1e-4;lr 2e-4;lr 2e-3' --datasets ade_corpus-800 --seeds 0 \
+        --work /tmp/edgeclin-base-search --results search_base_size_defaults
+    .venv/bin/python benchmarks/search_robust_defaults.py --model mpnet-base --methods full \
+        --settings 'lr 5e-5 head 2e-3;lr 2e-4 head 2e-3' --datasets 'ncbi_disease-600 (NER)' --seeds 0 \
+        --work /tmp/edgeclin-base-search --results search_base_size_ner_defaults
+
 Writes benchmarks/results/search_robust_defaults.{json,md} (or --results NAME). Finished runs are reused on a rerun.
 """
 
@@ -43,19 +53,27 @@ DATASETS = {  # name: (data folder, options that keep a run to a few minutes on 
     "ncbi_disease (NER)": (SHARED / "ncbi_disease", ["--limit", "1200", "--max-length", "64", "--epochs", "3"]),
     "ncbi_disease categories (multi-label)": ("ncbi_categories", ["--limit", "1200", "--max-length", "64",
                                                                   "--epochs", "3", "--multi-label"]),
+    # the grid's slice at train's defaults (benchmarks/results/grid_ade), where a 110M full fine-tune collapsed
+    "ade_corpus-800": (SHARED / "ade_corpus", ["--limit", "800"]),
+    # NER at base size: half the rows of the NER slice, for the cost of a 110M model on one core
+    "ncbi_disease-600 (NER)": (SHARED / "ncbi_disease", ["--limit", "600", "--max-length", "64", "--epochs", "3"]),
     "mimic-dia fixture (multi-label)": ("multilabel_fixture", ["--max-length", "128", "--epochs", "4",
                                                                "--multi-label"]),
 }
 # The MIMIC fixture's codes are drawn at random, independently of its invented text: no model can learn
 # them, so every setting "collapses" to one label set there and the dataset cannot rank settings. It stays
 # here for a fixture whose codes follow its text (not yet written), and is left out by default.
-SEARCHED = [name for name in DATASETS if "fixture" not in name]
+BASE_SIZE_SLICES = ("ade_corpus-800", "ncbi_disease-600 (NER)")  # for --model mpnet-base (110M) only
+SEARCHED = [name for name in DATASETS if "fixture" not in name and name not in BASE_SIZE_SLICES]
 SETTINGS = {
     "lora": [("lr 1e-3", ["--lr", "1e-3"]), ("lr 2e-3", ["--lr", "2e-3"]), ("lr 4e-3", ["--lr", "4e-3"]),
              ("lr 4e-3, no clipping", ["--lr", "4e-3", "--max-grad-norm", "0"]), ("lr auto", ["--lr", "auto"])],
     # the head at LoRA's rate: is a full fine-tune at 2e-4 a weak baseline on few steps? (its head starts random)
-    "full": [("lr 1e-4", ["--lr", "1e-4"]), ("lr 2e-4", ["--lr", "2e-4"]), ("lr 4e-4", ["--lr", "4e-4"]),
-             ("lr 2e-4 head 2e-3", ["--lr", "2e-4", "--head-lr", "2e-3"]), ("lr auto", ["--lr", "auto"])],
+    # 5e-5: the usual range for 110M encoders (Devlin et al. 2019), for --model mpnet-base
+    "full": [("lr 5e-5", ["--lr", "5e-5"]), ("lr 1e-4", ["--lr", "1e-4"]), ("lr 2e-4", ["--lr", "2e-4"]),
+             ("lr 4e-4", ["--lr", "4e-4"]),
+             ("lr 2e-4 head 2e-3", ["--lr", "2e-4", "--head-lr", "2e-3"]), ("lr auto", ["--lr", "auto"]),
+             ("lr 5e-5 head 2e-3", ["--lr", "5e-5", "--head-lr", "2e-3"])],
     # IA3 and the virtual-token methods train the pooler and classifier in full (edgeclin/methods.py); their
     # vectors and tokens may want a far higher rate than that head, hence the settings with --head-lr. The
     # settings are those a probe on ade_corpus and mtsamples slices (seed 0) found to leave the majority class.
@@ -124,18 +142,22 @@ def multilabel_fixture(work: Path) -> Path:
 BUILDERS = {"ncbi_categories": ncbi_categories, "multilabel_fixture": multilabel_fixture}  # DATASETS' built folders
 
 
-def run_folder(job: tuple, work: Path) -> Path:
+def run_folder(job: tuple, work: Path, model: str | None) -> Path:
+    """One folder per run; a run of another --model than the default one is named after it too."""
     dataset, method, setting, _, seed, _ = job
-    return work / "runs" / f"{dataset.split()[0]}-{method}-{setting.replace(' ', '_').replace(',', '')}-seed{seed}"
+    prefix = f"{model}-" if model else ""
+    return work / "runs" / (f"{prefix}{dataset.split()[0]}-{method}-{setting.replace(' ', '_').replace(',', '')}"
+                            f"-seed{seed}")
 
 
-def run_one(job: tuple, work: Path) -> dict:
+def run_one(job: tuple, work: Path, model: str | None) -> dict:
     dataset, method, setting, options, seed, data = job
-    out = run_folder(job, work)
-    row = {"dataset": dataset, "method": method, "setting": setting, "seed": seed}
+    out = run_folder(job, work, model)
+    row = {"dataset": dataset, "method": method, "setting": setting, "seed": seed, "model": model or "default"}
     if not (out / "metrics.json").exists():
         cmd = [sys.executable, "-m", "edgeclin", "train", "--data", str(data), "--method", method, "--seed", str(seed),
-               "--quiet", "--overwrite", "--allow-degenerate", "-o", str(out), *DATASETS[dataset][1], *options]
+               "--quiet", "--overwrite", "--allow-degenerate", "-o", str(out), *DATASETS[dataset][1], *options,
+               *(["--model", model] if model else [])]
         env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
         if proc.returncode != 0:
@@ -263,6 +285,8 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2, help="Runs at a time (one thread each).")
     parser.add_argument("--finished-only", action="store_true",
                         help="Tabulate the runs already finished in --work; start none (the table says how many).")
+    parser.add_argument("--model", help="Train this model (an offline preset such as mpnet-base, or a folder) "
+                                            "instead of edgeclin's default; its runs are named after it.")
     parser.add_argument("--work", type=Path, default=Path("/tmp/edgeclin-robust-search"))
     parser.add_argument("--seeds", default=",".join(map(str, SEEDS)), help="Comma list (default: 0,1,2).")
     parser.add_argument("--results", default="search_robust_defaults",
@@ -278,10 +302,11 @@ def main() -> None:
             for name, opts in SETTINGS[m] if keep is None or name in keep for d in data]
     if args.finished_only:  # a (dataset, seed) only where every setting finished it: worst cases over equal counts
         done = {(job[0], job[4]) for job in jobs}
-        done -= {(job[0], job[4]) for job in jobs if not (run_folder(job, args.work) / "metrics.json").exists()}
+        unfinished = [job for job in jobs if not (run_folder(job, args.work, args.model) / "metrics.json").exists()]
+        done -= {(job[0], job[4]) for job in unfinished}
         jobs = [job for job in jobs if (job[0], job[4]) in done]
     with ThreadPoolExecutor(args.jobs) as pool:
-        rows = list(pool.map(lambda job: run_one(job, args.work), jobs))
+        rows = list(pool.map(lambda job: run_one(job, args.work, args.model), jobs))
     write(rows, args.results)
 
 

@@ -16,6 +16,9 @@ ANY_TASK = "*"
 DEFAULT_METHOD = "lora"  # train's --method default: its values head each option's --help
 FIELDS = ("lr", "head_lr", "epochs", "target_modules", "lora_r", "lora_alpha")  # the options a default may fill
 LORA_FIELDS = ("target_modules", "lora_r", "lora_alpha")  # meaningful for LoRA only
+# Parameters from which a model is "base size" (BERT-base, MPNet-base: about 110M) and takes its method's
+# base_size_lr: the models measured below it are 17M-33M, above it 110M; nothing in between was measured
+BASE_SIZE = 60_000_000
 
 
 @dataclass(frozen=True)
@@ -27,20 +30,42 @@ class Defaults:
     lora_r: int = 8
     lora_alpha: int = 16
     head_lr: float | None = None  # None: the head trains at ``lr`` like the rest
+    base_size_lr: float | None = None  # the rate for models of BASE_SIZE parameters and more; None: ``lr``
+    base_size_why: str = ""
 
-    def values(self) -> dict:
-        return {name: value for name, value in asdict(self).items() if name in FIELDS and value is not None}
+    def values(self, parameters: int | None = None) -> dict:
+        """The options this entry fills, for a model of ``parameters`` (None: of unknown size)."""
+        values = {name: value for name, value in asdict(self).items() if name in FIELDS and value is not None}
+        if self.base_size_lr is not None and is_base_size(parameters):
+            values["lr"] = self.base_size_lr
+        return values
+
+    def reason(self, parameters: int | None = None) -> str:
+        if self.base_size_lr is not None and is_base_size(parameters):
+            return f"{parameters / 1e6:.0f}M parameters (base size, {BASE_SIZE / 1e6:.0f}M and more): " + \
+                self.base_size_why
+        return self.why
+
+
+def is_base_size(parameters: int | None) -> bool:
+    return parameters is not None and parameters >= BASE_SIZE
 
 
 SEARCH = "benchmarks/results/search_defaults.md"
 ROBUST = "benchmarks/results/search_robust_defaults.md"
 PEFT = "benchmarks/results/search_peft_defaults.md"
+BASE = "benchmarks/results/search_base_size_defaults.md"
 DEFAULTS: dict[tuple[str, str], Defaults] = {
+    # a 110M model's full fine-tune collapsed at the small models' 2e-4 (benchmarks/results/grid_ade)
     ("full", ANY_TASK): Defaults(2e-4, f"best mean validation macro-F1 of 1e-4/2e-4/4e-4 ({SEARCH}); the head "
                                        f"at 2e-3 was better on mtsamples and ade_corpus but collapsed on nli4ct "
-                                       f"({ROBUST})"),
+                                       f"({ROBUST})",
+                                 base_size_lr=5e-5, base_size_why=f"mpnet-base's full fine-tune collapsed at 2e-4 "
+                                                                  f"on ade_corpus and learned at 1e-4 and best at "
+                                                                  f"5e-5 ({BASE})"),
     ("full", "token_classification"): Defaults(2e-4, f"NER: the head at 2e-3 had the best worst case ({ROBUST})",
-                                               head_lr=2e-3),
+                                               head_lr=2e-3, base_size_lr=5e-5,
+                                               base_size_why=f"NER on mpnet-base, the head at 2e-3 ({BASE})"),
     # the best worst case over datasets and seeds, with clipping: 4e-3 (the best mean of the first search,
     # without clipping) collapsed on nli4ct and trailed on ade_corpus
     ("lora", ANY_TASK): Defaults(2e-3, f"best worst case over mtsamples, ade_corpus and nli4ct and their seeds, "
@@ -70,19 +95,22 @@ def defaults_for(method: str, task: str = ANY_TASK) -> Defaults:
         raise EdgeclinError(f"no training defaults for method {method!r}") from None
 
 
-def fill_defaults(config, task: str):
-    """``config`` with every option left as None filled for ``method`` on ``task``, and the record of
-    what was filled and why (empty when the user gave every option)."""
+def fill_defaults(config, task: str, parameters: int | None = None):
+    """``config`` with every option left as None filled for ``method`` on ``task`` and a model of
+    ``parameters``, and the record of what was filled and why (empty when the user gave every option)."""
     chosen = defaults_for(config.method, task)
-    filled = {name: value for name, value in chosen.values().items() if getattr(config, name) is None}
+    filled = {name: value for name, value in chosen.values(parameters).items() if getattr(config, name) is None}
     shown = {name: value for name, value in filled.items() if config.method == "lora" or name not in LORA_FIELDS}
-    record = {"method": config.method, "task": task, "applied": shown, "why": chosen.why} if shown else {}
-    return replace(config, **filled), record
+    record = {"method": config.method, "task": task, "applied": shown, "why": chosen.reason(parameters)}
+    if shown and parameters is not None:
+        record["parameters"] = parameters
+    return replace(config, **filled), record if shown else {}
 
 
 def describe(name: str, methods: tuple[str, ...] | None = None) -> str:
     """One option's defaults for ``--help``, from the table: e.g. ``4 (lora on NER 6)``."""
-    rows = {key: _shown(getattr(d, name)) for key, d in DEFAULTS.items() if methods is None or key[0] in methods}
+    rows = {key: _shown(getattr(d, name)) + _base_size_note(d, name) for key, d in DEFAULTS.items()
+            if methods is None or key[0] in methods}
     general = [value for key, value in rows.items() if key[1] == ANY_TASK]
     base = rows.get((DEFAULT_METHOD, ANY_TASK)) or max(general, key=general.count)  # the default method's first
     # a method's general value where it is not the common one; a task's own where it is not its method's
@@ -97,6 +125,12 @@ def _who(key: tuple[str, str]) -> str:
 
     method, task_name = key
     return method if task_name == ANY_TASK else f"{method} on {TASKS[task_name].short_name}"
+
+
+def _base_size_note(defaults: Defaults, name: str) -> str:
+    if name != "lr" or defaults.base_size_lr is None:
+        return ""
+    return f", {_shown(defaults.base_size_lr)} at {BASE_SIZE / 1e6:.0f}M+ parameters"
 
 
 def _shown(value) -> str:

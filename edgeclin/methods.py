@@ -97,7 +97,8 @@ class Method:
         from edgeclin.tasks import task_of_model
 
         task = task or task_of_model(model)
-        config, _ = fill_defaults(config, task.name)  # options left out: the task's defaults (as train does)
+        parameters = sum(p.numel() for p in model.parameters())
+        config, _ = fill_defaults(config, task.name, parameters)  # options left out: as train fills them
         return self.build(model, config, task, list(new_weights))
 
 

@@ -505,7 +505,7 @@ def _cell_row(out: Path, cell: Cell, status: dict | None) -> dict:
     folder = out / "runs" / cell.name
     if not (folder / METRICS).is_file():
         if status is None:
-            row.update(status="not run", reason="not reached in this invocation")
+            row.update(status="not run", reason="not trained yet (rerun the command that asked for it)")
         else:
             row.update(status="failed", reason=status.get("reason", ""))
         return row
@@ -675,7 +675,8 @@ def report_markdown(summary: dict) -> str:
                   f"Test {metric} in percent, mean ± standard deviation over seeds; Δ full: points against full "
                   "fine-tuning of the same model. Time, samples/s: training only (mean over seeds); "
                   "size: the saved weights (adapter, or whole model for full); collapsed: seeds whose best "
-                  "epoch still looks degenerate (one class for every answer).", "",
+                  "epoch still looks degenerate (one class for every answer, or a training loss back above "
+                  "its start).", "",
                   f"| model | params | method | trainable | trainable % | size | train s | samples/s | "
                   f"peak RSS MiB | test {metric} | Δ full | seeds |",
                   "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]

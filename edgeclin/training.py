@@ -248,13 +248,14 @@ def prepare_run(config: TrainConfig, job: Job | None = None) -> Setup:
     config, pair_column_found = _with_pair_column(config)
     dataset = _load_data(config)
     task = get_task(dataset.task)
-    config, defaults = fill_defaults(config, task.name)  # the task is known only now
     model_ref = resolve_model(config.model, init=config.init)
     _set_seed(config.seed)
     tokenizer = load_tokenizer(model_ref.path)
+    loaded = load_classifier_with_info(model_ref.path, dataset.labels, task=task.name)
+    # the task and the model's size are known only now
+    config, defaults = fill_defaults(config, task.name, _count_parameters(loaded.model)[1])
     encoded = {name: task.encode(tokenizer, split.examples, dataset.label2id, config.input_format)
                for name, split in dataset.splits.items()}
-    loaded = load_classifier_with_info(model_ref.path, dataset.labels, task=task.name)
     _check_max_length(loaded.model.config.to_dict(), config.max_length)
     model = method.prepare(loaded.model, config, task=task, new_weights=loaded.new_weights)
     trainable, total = _count_parameters(model)

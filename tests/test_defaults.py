@@ -6,13 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from edgeclin.defaults import ANY_TASK, DEFAULTS, FIELDS, defaults_for, describe, fill_defaults
+from edgeclin.defaults import ANY_TASK, BASE_SIZE, DEFAULTS, FIELDS, defaults_for, describe, fill_defaults
 from edgeclin.errors import EdgeclinError
 from edgeclin.methods import METHODS
 from edgeclin.tasks import MULTI_LABEL, TOKEN
 from edgeclin.training import TrainConfig, train
 
 RESULTS = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
+BASE = "search_base_size_defaults"
 GROUP_TASKS = {"NER": TOKEN, "multi-label": MULTI_LABEL}  # the search's task groups
 
 
@@ -50,11 +51,26 @@ def test_other_tasks_and_methods_take_the_general_defaults():
         0].head_lr is None
 
 
+def test_a_base_size_model_takes_the_base_size_rate_and_says_why():
+    """A 110M model's full fine-tune collapsed at the small models' rate: its size picks another."""
+    full = defaults_for("full")
+    config, record = fill_defaults(TrainConfig(method="full"), "single_label_classification", 110_000_000)
+    assert config.lr == full.base_size_lr < full.lr
+    assert record["parameters"] == 110_000_000 and "110M parameters" in record["why"] and BASE in record["why"]
+    small, record = fill_defaults(TrainConfig(method="full"), "single_label_classification", BASE_SIZE - 1)
+    assert small.lr == full.lr and record["why"] == full.why
+    given, _ = fill_defaults(TrainConfig(method="full", lr=1e-3), "single_label_classification", 110_000_000)
+    assert given.lr == 1e-3  # a rate the user gives is kept
+    lora, _ = fill_defaults(TrainConfig(method="lora"), "single_label_classification", 110_000_000)
+    assert lora.lr == defaults_for("lora").lr  # LoRA's rate held at 110M (search_base_size_defaults)
+
+
 def test_help_text_is_read_from_the_table():
     assert describe("lora_r", ("lora",)) == "8 (lora on NER 16)"
     assert describe("epochs") == "4 (lora on NER 6)"
     lr = describe("lr")
-    assert lr.startswith(f"{_short(defaults_for('lora').lr)} (") and "full 2e-4" in lr and "lora" not in lr
+    assert lr.startswith(f"{_short(defaults_for('lora').lr)} (") and "lora" not in lr
+    assert f"full 2e-4, {_short(defaults_for('full').base_size_lr)} at 60M+ parameters" in lr
     assert describe("head_lr") == "--lr (full on NER 2e-3; prompt 2e-3)"
     assert "NER" not in lr  # NER's LoRA rate is LoRA's general one: not repeated
 
@@ -76,6 +92,17 @@ def test_full_default_is_the_searched_best():
             scores.setdefault(row["setting"], []).append(row["valid_macro_f1"])
     best = max((s for s in scores if len(scores[s]) == 2), key=lambda s: sum(scores[s]))
     assert best == f"full lr{_short(defaults_for('full').lr)}"
+
+
+def test_base_size_rates_are_the_base_size_search_choice():
+    """The base-size rates are what the search on mpnet-base (110M) chose, and the small models' full
+    fine-tune rate is one that collapsed there."""
+    result = json.loads((RESULTS / "search_base_size_defaults.json").read_text())
+    assert {row["model"] for row in result["rows"]} == {"mpnet-base"}
+    assert result["chosen"]["full / classification"] == f"lr {_short(defaults_for('full').base_size_lr)}"
+    assert result["chosen"]["lora / classification"] == f"lr {_short(defaults_for('lora').lr)}"
+    small_rate = next(t for t in result["table"] if t["method"] == "full" and t["setting"] == "lr 2e-4")
+    assert small_rate["collapsed"] > 0
 
 
 @pytest.mark.parametrize("results", ["search_robust_defaults", "search_peft_defaults"])
@@ -119,3 +146,14 @@ def test_a_run_records_the_defaults_it_applied(tiny_bert, ner_folder, tmp_path):
     assert record["resolved"]["defaults"]["applied"] == {"lr": 2e-3, "target_modules": "all-linear", "lora_r": 16,
                                                          "lora_alpha": 32}
     assert record["resolved"]["lr"] == 2e-3
+
+
+def test_a_run_of_a_base_size_model_records_the_rate_its_size_chose(tiny_bert, demo_folder, tmp_path, monkeypatch):
+    """The size comes from the loaded model: here a tiny one counts as base size."""
+    monkeypatch.setattr("edgeclin.defaults.BASE_SIZE", 1000)
+    config = TrainConfig(model=str(tiny_bert), data=str(demo_folder), output=str(tmp_path / "f"), method="full",
+                         max_steps=1, epochs=1, batch_size=8, max_length=32, progress=False, allow_degenerate=True)
+    train(config)
+    record = json.loads((tmp_path / "f" / "run.json").read_text())
+    assert record["config"]["lr"] == record["resolved"]["lr"] == defaults_for("full").base_size_lr
+    assert record["resolved"]["defaults"]["parameters"] > 1000 and BASE in record["resolved"]["defaults"]["why"]
