@@ -40,8 +40,9 @@ class Defaults:
             values["lr"] = self.base_size_lr
         return values
 
-    def reason(self, parameters: int | None = None) -> str:
-        if self.base_size_lr is not None and is_base_size(parameters):
+    def reason(self, parameters: int | None = None, lr_filled: bool = True) -> str:
+        """Why these values: the base-size measurement where it chose the filled rate, else the general one."""
+        if lr_filled and self.base_size_lr is not None and is_base_size(parameters):
             return f"{parameters / 1e6:.0f}M parameters (base size, {BASE_SIZE / 1e6:.0f}M and more): " + \
                 self.base_size_why
         return self.why
@@ -101,10 +102,12 @@ def fill_defaults(config, task: str, parameters: int | None = None):
     chosen = defaults_for(config.method, task)
     filled = {name: value for name, value in chosen.values(parameters).items() if getattr(config, name) is None}
     shown = {name: value for name, value in filled.items() if config.method == "lora" or name not in LORA_FIELDS}
-    record = {"method": config.method, "task": task, "applied": shown, "why": chosen.reason(parameters)}
-    if shown and parameters is not None:
-        record["parameters"] = parameters
-    return replace(config, **filled), record if shown else {}
+    config = replace(config, **filled)
+    if not shown:
+        return config, {}
+    record = {"method": config.method, "task": task, "applied": shown,
+              "why": chosen.reason(parameters, lr_filled="lr" in shown)}
+    return config, record | ({"parameters": parameters} if parameters is not None else {})
 
 
 def describe(name: str, methods: tuple[str, ...] | None = None) -> str:

@@ -94,11 +94,11 @@ class Method:
         """The trainable model. ``task``: its strategy (default: read from the model's class);
         ``new_weights``: weights that started random, which train in full."""
         from edgeclin.defaults import fill_defaults
+        from edgeclin.models import count_parameters
         from edgeclin.tasks import task_of_model
 
         task = task or task_of_model(model)
-        parameters = sum(p.numel() for p in model.parameters())
-        config, _ = fill_defaults(config, task.name, parameters)  # options left out: as train fills them
+        config, _ = fill_defaults(config, task.name, count_parameters(model)[1])  # options left out: as train
         return self.build(model, config, task, list(new_weights))
 
 

@@ -222,6 +222,14 @@ def _build_random_folder(folder: Path, config, tokenizer, info: dict) -> None:
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spm.model", "sentencepiece.bpe.model")
 
 
+def count_parameters(model) -> tuple[int, int]:
+    """(trainable, total) parameters of a plain or a peft model."""
+    if hasattr(model, "get_nb_trainable_parameters"):
+        return model.get_nb_trainable_parameters()
+    total = sum(p.numel() for p in model.parameters())
+    return sum(p.numel() for p in model.parameters() if p.requires_grad), total
+
+
 def load_tokenizer(path: str):
     from transformers import AutoTokenizer
 

@@ -41,7 +41,7 @@ from edgeclin.files import OutputFolder, OutputLock, check_output_free, read_jso
 from edgeclin.hardware import environment, peak_rss_mb, resolve_device, resolve_precision
 from edgeclin.methods import get_method
 from edgeclin.model_card import run_card
-from edgeclin.models import load_classifier_with_info, load_tokenizer, max_positions, resolve_model
+from edgeclin.models import count_parameters, load_classifier_with_info, load_tokenizer, max_positions, resolve_model
 from edgeclin.provenance import git_commit, library_versions
 from edgeclin.tasks import get_task
 from edgeclin.training_config import TrainConfig
@@ -253,12 +253,12 @@ def prepare_run(config: TrainConfig, job: Job | None = None) -> Setup:
     tokenizer = load_tokenizer(model_ref.path)
     loaded = load_classifier_with_info(model_ref.path, dataset.labels, task=task.name)
     # the task and the model's size are known only now
-    config, defaults = fill_defaults(config, task.name, _count_parameters(loaded.model)[1])
+    config, defaults = fill_defaults(config, task.name, count_parameters(loaded.model)[1])
     encoded = {name: task.encode(tokenizer, split.examples, dataset.label2id, config.input_format)
                for name, split in dataset.splits.items()}
     _check_max_length(loaded.model.config.to_dict(), config.max_length)
     model = method.prepare(loaded.model, config, task=task, new_weights=loaded.new_weights)
-    trainable, total = _count_parameters(model)
+    trainable, total = count_parameters(model)
     resolved = Resolved(model_path=model_ref.path, model_source=model_ref.source, init=model_ref.init,
                         lr=config.lr, head_lr=config.head_lr, device=device, defaults=defaults,
                         precision=resolve_precision(config.precision, device), labels=dataset.labels, task=task.name,
@@ -272,13 +272,6 @@ def _set_seed(seed: int) -> None:
     from transformers import set_seed
 
     set_seed(seed)
-
-
-def _count_parameters(model) -> tuple[int, int]:
-    if hasattr(model, "get_nb_trainable_parameters"):
-        return model.get_nb_trainable_parameters()
-    total = sum(p.numel() for p in model.parameters())
-    return sum(p.numel() for p in model.parameters() if p.requires_grad), total
 
 
 def _check_max_length(model_config: dict, max_length: int) -> None:

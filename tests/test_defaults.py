@@ -59,8 +59,8 @@ def test_a_base_size_model_takes_the_base_size_rate_and_says_why():
     assert record["parameters"] == 110_000_000 and "110M parameters" in record["why"] and BASE in record["why"]
     small, record = fill_defaults(TrainConfig(method="full"), "single_label_classification", BASE_SIZE - 1)
     assert small.lr == full.lr and record["why"] == full.why
-    given, _ = fill_defaults(TrainConfig(method="full", lr=1e-3), "single_label_classification", 110_000_000)
-    assert given.lr == 1e-3  # a rate the user gives is kept
+    given, record = fill_defaults(TrainConfig(method="full", lr=1e-3), "single_label_classification", 110_000_000)
+    assert given.lr == 1e-3 and record["why"] == full.why  # a rate the user gives is kept; no base-size reason
     lora, _ = fill_defaults(TrainConfig(method="lora"), "single_label_classification", 110_000_000)
     assert lora.lr == defaults_for("lora").lr  # LoRA's rate held at 110M (search_base_size_defaults)
 
