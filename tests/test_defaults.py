@@ -72,7 +72,8 @@ def test_help_text_is_read_from_the_table():
     assert lr.startswith(f"{_short(defaults_for('lora').lr)} (") and "lora" not in lr
     assert f"full 2e-4, {_short(defaults_for('full').base_size_lr)} at 60M+ parameters" in lr
     assert describe("head_lr") == "--lr (full on NER 2e-3; prompt 2e-3)"
-    assert "NER" not in lr  # NER's LoRA rate is LoRA's general one: not repeated
+    assert "lora on NER" not in lr  # NER's LoRA rate is LoRA's general one: not repeated
+    assert "full on NER 2e-4;" in lr  # NER's full rate does not change with size
 
 
 def test_ner_defaults_are_those_confirm_ner_measured():
@@ -103,6 +104,12 @@ def test_base_size_rates_are_the_base_size_search_choice():
     assert result["chosen"]["lora / classification"] == f"lr {_short(defaults_for('lora').lr)}"
     small_rate = next(t for t in result["table"] if t["method"] == "full" and t["setting"] == "lr 2e-4")
     assert small_rate["collapsed"] > 0
+    ner = json.loads((RESULTS / "search_base_size_ner_defaults.json").read_text())
+    full_ner = defaults_for("full", TOKEN)
+    assert ner["chosen"]["full / NER"] == f"lr {_short(full_ner.lr)} head {_short(full_ner.head_lr)}"
+    assert full_ner.base_size_lr is None  # so NER's full fine-tune keeps its rate at every size
+    config, _ = fill_defaults(TrainConfig(method="full"), TOKEN, 110_000_000)
+    assert config.lr == full_ner.lr
 
 
 @pytest.mark.parametrize("results", ["search_robust_defaults", "search_peft_defaults"])
