@@ -36,20 +36,20 @@ class Defaults:
     def values(self, parameters: int | None = None) -> dict:
         """The options this entry fills, for a model of ``parameters`` (None: of unknown size)."""
         values = {name: value for name, value in asdict(self).items() if name in FIELDS and value is not None}
-        if self.base_size_lr is not None and is_base_size(parameters):
+        if self.has_base_size_rate(parameters):
             values["lr"] = self.base_size_lr
         return values
 
+    def has_base_size_rate(self, parameters: int | None) -> bool:
+        """Does a model of ``parameters`` take this entry's base-size rate?"""
+        return self.base_size_lr is not None and parameters is not None and parameters >= BASE_SIZE
+
     def reason(self, parameters: int | None = None, lr_filled: bool = True) -> str:
         """Why these values: the base-size measurement where it chose the filled rate, else the general one."""
-        if lr_filled and self.base_size_lr is not None and is_base_size(parameters):
+        if lr_filled and self.has_base_size_rate(parameters):
             return f"{parameters / 1e6:.0f}M parameters (base size, {BASE_SIZE / 1e6:.0f}M and more): " + \
                 self.base_size_why
         return self.why
-
-
-def is_base_size(parameters: int | None) -> bool:
-    return parameters is not None and parameters >= BASE_SIZE
 
 
 SEARCH = "benchmarks/results/search_defaults.md"
