@@ -1,9 +1,9 @@
 """Students distilled from edgeclin's default LoRA teacher, against the same students trained without one.
 
 For each dataset: the teacher (``edgeclin train --data DIR``, every default), students of 3 and 2
-of its layers and the offline 3-layer MiniLM (``--student minilm-l3``) distilled from it, and each
-student architecture trained on the gold labels alone (``--alpha 0``: the same start, no teacher;
-MiniLM-L3 by ``edgeclin train --method full``). Every model is exported with ``--int8``; each int8
+of its layers (3 also with ``--trim-vocab``) and the offline 3-layer MiniLM (``--student
+minilm-l3``) distilled from it, and each student architecture trained on the gold labels alone
+(``--alpha 0``: the same start, no teacher). Every model is exported with ``--int8``; each int8
 bundle's batch-1 latency (a real ~128-token note, one thread) and end-to-end throughput on the test
 split (all cores) are measured in a fresh process per variant, the variants alternated over rounds.
 Writes the table, a metric-against-latency plot (the efficiency frontier) and the raw numbers to
@@ -38,7 +38,9 @@ def edgeclin(*args) -> None:
 
 
 STUDENTS = {"student 3 layers": ["--layers", 3], "student 2 layers": ["--layers", 2],
-            "student minilm-l3": ["--student", "minilm-l3"]}
+            "student minilm-l3": ["--student", "minilm-l3"],
+            # the vocabulary cut to the pieces of the training and validation notes (most of a small file)
+            "student 3 layers trimmed": ["--layers", 3, "--trim-vocab"]}
 
 
 def runs_of(dataset: str, work: Path, teacher: Path | None, limit: int | None,
@@ -114,15 +116,18 @@ def speeds(bundle_of: dict[str, Path], data: Path, rounds: int) -> dict[str, dic
     return {name: {k: float(np.median(v)) for k, v in s.items()} for name, s in samples.items()}
 
 
-def row(name: str, run: Path, bundle: Path, speed: dict, teacher_speed: dict, teacher_metric: float) -> dict:
+def row(name: str, run: Path, bundle: Path, speed: dict, teacher_speed: dict, teacher_metric: float,
+        teacher_bytes: int) -> dict:
     metrics = json.loads((run / "metrics.json").read_text())
     manifest = json.loads((bundle / "manifest.json").read_text())
     value = metrics["test"][metrics["selection_metric"]]
     return {"variant": name, "metric": metrics["selection_metric"], "test": value,
             "vs_teacher": value / teacher_metric, "trainable": metrics["parameters"]["trainable"],
             "parameters": metrics["parameters"]["total"], "model_onnx_bytes": manifest["files"]["model.onnx"]["bytes"],
+            "vocabulary": (metrics.get("distill") or {}).get("vocabulary"),
             "int8_metric": next(v for v in manifest["gate"]["variants"] if v["name"] == manifest["chosen"])
             ["metrics"][metrics["selection_metric"]], **speed,
+            "size_vs_teacher": manifest["files"]["model.onnx"]["bytes"] / teacher_bytes,
             "latency_speedup": teacher_speed["latency"] / speed["latency"],
             "throughput_speedup": speed["throughput"] / teacher_speed["throughput"]}
 
@@ -132,10 +137,19 @@ def report(results: dict, out: Path, env: dict) -> None:
              "Speed of the int8 bundles, each variant in a fresh process, alternated; medians.", ""]
     for dataset, rows in results.items():
         lines += [f"## {dataset}", "", "| variant | params | test metric | vs teacher | int8 model.onnx MB | "
-                  "batch-1 ms | speed-up | texts/s | speed-up |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                  "size vs teacher | batch-1 ms | speed-up | texts/s | speed-up |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         lines += [f"| {r['variant']} | {r['parameters'] / 1e6:.1f}M | {100 * r['test']:.1f} | {r['vs_teacher']:.3f} | "
-                  f"{r['model_onnx_bytes'] / 1e6:.1f} | {r['latency']:.1f} | {r['latency_speedup']:.2f}x | "
-                  f"{r['throughput']:.1f} | {r['throughput_speedup']:.2f}x |" for r in rows]
+                  f"{r['model_onnx_bytes'] / 1e6:.1f} | {r['size_vs_teacher']:.2f}x | {r['latency']:.1f} | "
+                  f"{r['latency_speedup']:.2f}x | {r['throughput']:.1f} | {r['throughput_speedup']:.2f}x |"
+                  for r in rows]
+        trimmed = [r for r in rows if r["vocabulary"]]
+        if trimmed:
+            lines.append("")
+        lines += [f"- {r['variant']}: vocabulary {r['vocabulary']['student']:,} of the teacher's "
+                  f"{r['vocabulary']['teacher']:,} pieces; {r['vocabulary'].get('test_rows_read_otherwise')} of "
+                  f"{r['vocabulary'].get('test_rows')} test rows read in other pieces than the teacher's within the "
+                  "max length (words not in the training and validation notes)" for r in trimmed]
         lines.append("")
     (out / "distill_students.md").write_text("\n".join(lines) + f"\nCommand: `{' '.join(sys.argv)}`\n")
     (out / "distill_students.json").write_text(json.dumps({"results": results, "environment": env}, indent=2))
@@ -188,8 +202,10 @@ def main() -> None:
         speed = speeds(bundle_of, SHARED / dataset, args.rounds)
         teacher = json.loads((runs["teacher (LoRA)"] / "metrics.json").read_text())
         teacher_metric = teacher["test"][teacher["selection_metric"]]
+        teacher_bytes = json.loads((bundle_of["teacher (LoRA)"] / "manifest.json").read_text()
+                                   )["files"]["model.onnx"]["bytes"]
         results[dataset] = [row(name, runs[name], bundle_of[name], speed[name], speed["teacher (LoRA)"],
-                                teacher_metric) for name in runs]
+                                teacher_metric, teacher_bytes) for name in runs]
     args.out.mkdir(parents=True, exist_ok=True)
     report(results, args.out, environment())
 

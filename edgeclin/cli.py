@@ -535,6 +535,9 @@ def sweep_command(models, methods, data, seeds, search, output, quiet, **options
 @click.option("--alpha", type=click.FloatRange(0, 1), default=0.5, show_default=True,
               help="Weight of the teacher's term; 1 - alpha goes to the gold labels.")
 @click.option("--hidden-loss", is_flag=True, help="Also match each student layer's output to its teacher layer's.")
+@click.option("--trim-vocab", is_flag=True,
+              help="Keep only the word pieces of the training, validation and unlabelled notes (and every single "
+              "character) in a --layers student: a smaller file; unseen words split into smaller pieces.")
 @click.option("--method", type=click.Choice(["full", "lora"]), default="full", show_default=True,
               help="How the student trains: every weight (it is small), or LoRA.")
 @click.option("--epochs", type=click.IntRange(min=1), help="Passes over the training split (default: train's).")
@@ -547,8 +550,8 @@ def sweep_command(models, methods, data, seeds, search, output, quiet, **options
 @click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
 @click.option("--quiet", is_flag=True, help="No progress bars or notes; warnings still show.")
 @_friendly_errors
-def distill_command(teacher, output, layers, student, temperature, alpha, hidden_loss, unlabelled, quiet,
-                    **options) -> None:
+def distill_command(teacher, output, layers, student, temperature, alpha, hidden_loss, unlabelled, trim_vocab,
+                    quiet, **options) -> None:
     """Distil a fine-tuned model (LoRA or full) into a smaller student that exports and predicts like any run.
 
     \b
@@ -557,13 +560,15 @@ def distill_command(teacher, output, layers, student, temperature, alpha, hidden
     with: edgeclin train --resume RUN. Examples:
       edgeclin distill runs/lora --layers 3 -o runs/student3
       edgeclin distill runs/lora --student models/minilm-l3 --unlabelled more_notes.csv
+      edgeclin distill runs/lora --layers 3 --trim-vocab -o runs/student3-small
       edgeclin export runs/student3 --int8
     """
     from edgeclin.distill import distill
     from edgeclin.tasks import get_task
 
     result = distill(teacher, output, layers=layers, student=student, temperature=temperature, alpha=alpha,
-                     hidden_loss=hidden_loss, unlabelled=unlabelled, progress=not quiet, **_with_lr_auto(options))
+                     hidden_loss=hidden_loss, unlabelled=unlabelled, trim_vocab=trim_vocab, progress=not quiet,
+                     **_with_lr_auto(options))
     click.echo(f"{result.output}: test {get_task(result.metrics['task']).headline(result.metrics['test'])}")
 
 

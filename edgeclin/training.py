@@ -229,6 +229,12 @@ def _resume(path: Path, progress: bool | None) -> TrainResult:
     return _run(config, partial.output, LoopState.from_dict(state), job_from(state.get("job")))
 
 
+def load_run_data(config: TrainConfig):
+    """The run's dataset, and the config reading a file's documented pair column (and which one it found)."""
+    config, pair_column_found = _with_pair_column(config)
+    return config, _load_data(config), pair_column_found
+
+
 def _load_data(config: TrainConfig):
     return load_dataset(config.data, train=config.train_file, valid=config.valid_file, test=config.test_file,
                         columns=config.columns, skip_bad_rows=config.skip_bad_rows, limit=config.limit,
@@ -245,8 +251,7 @@ def prepare_run(config: TrainConfig, job: Job | None = None) -> Setup:
     """Data, tokenizer and model: everything that can fail on the user's input fails here, before any write."""
     method = get_method(config.method)
     device = resolve_device(config.device)
-    config, pair_column_found = _with_pair_column(config)
-    dataset = _load_data(config)
+    config, dataset, pair_column_found = load_run_data(config)
     task = get_task(dataset.task)
     model_ref = resolve_model(config.model, init=config.init)
     _set_seed(config.seed)

@@ -98,7 +98,8 @@ def test_students_of_every_task_type(request, tiny_bert, tmp_path, kind):
         unlabelled.write_text("".join(json.dumps({"tokens": ["no", "asthma", "today"]}) + "\n" for _ in range(10)))
     else:
         write_csv(unlabelled, [("raised troponin and wheeze",)] * 10, header=("text",))
-    student = distill(teacher.output, tmp_path / "student", layers=1, unlabelled=unlabelled, **QUICK)
+    student = distill(teacher.output, tmp_path / "student", layers=1, unlabelled=unlabelled,
+                      trim_vocab=kind == "ner_folder", **QUICK)  # NER's teacher reads per-piece ids: mapped back
     assert student.metrics["task"] == teacher.metrics["task"]
     assert student.metrics["distill"]["unlabelled_rows"] == 10
     assert student.metrics["test"][student.metrics["selection_metric"]] is not None
@@ -110,9 +111,58 @@ def test_hidden_loss_and_lora_students(lora_run, tmp_path):
     assert result.metrics["parameters"]["trainable"] < result.metrics["parameters"]["total"]
 
 
+def test_a_trimmed_student_reads_its_notes_as_the_teacher_and_exports(lora_run, demo_folder, tmp_path):
+    import csv
+
+    from edgeclin import runtime
+    from edgeclin.export import export
+    from edgeclin.models import load_tokenizer
+
+    result = distill(lora_run.output, tmp_path / "trim", layers=1, trim_vocab=True, hidden_loss=True, **QUICK)
+    teacher, student = load_tokenizer(str(lora_run.output)), load_tokenizer(str(result.output))
+    vocabulary = result.metrics["distill"]["vocabulary"]
+    assert vocabulary["student"] == len(student) < vocabulary["teacher"] == len(teacher)
+    note = "chest pain radiating to the left arm"
+    assert student.tokenize(note) == teacher.tokenize(note)
+    with (demo_folder / "test.csv").open(encoding="utf-8") as handle:
+        test = [row["text"] for row in csv.DictReader(handle)]
+    unseen = sum(any(piece not in student.get_vocab() for piece in teacher.tokenize(text)[:48 - 2]) for text in test)
+    assert vocabulary["test_rows"] == len(test) and vocabulary["test_rows_read_otherwise"] == unseen > 0
+    assert json.loads((result.output / "config.json").read_text())["vocab_size"] == len(student)
+    bundle = export(result.output, tmp_path / "bundle", int8=True, max_drop=100.0, quiet=True)
+    assert len(runtime.load(bundle.bundle).predict([note, "knee pain after a fall"]).labels) == 2
+
+
+def test_the_teacher_of_a_trimmed_student_reads_its_own_ids(lora_run, tmp_path):
+    """Same teacher outputs (logits, hidden states) with and without a cut vocabulary: student ids are mapped back."""
+    from dataclasses import replace
+
+    import numpy as np
+
+    from edgeclin.distill import DistillConfig, DistillJob, _hidden_loss, teacher_config
+
+    config = teacher_config(lora_run.output, output=str(tmp_path / "x"), **QUICK)
+    jobs = [DistillJob(DistillConfig(str(lora_run.output), layers=1, hidden_loss=True, trim_vocab=trim))
+            for trim in (False, True)]
+    setups = [job.prepare(replace(config)) for job in jobs]
+    kept = jobs[1].vocabulary.kept
+    assert kept != tuple(range(len(kept)))  # ids do move, so a missing mapping would show
+    assert setups[0].encoded["train"].input_ids != setups[1].encoded["train"].input_ids
+    for plain, cut in zip(jobs[0].teacher_logits, jobs[1].teacher_logits, strict=True):
+        np.testing.assert_allclose(plain, cut, atol=1e-5)
+    losses = []
+    for job, setup in zip(jobs, setups, strict=True):
+        batch = setup.task.batch(setup.encoded["train"], [0, 1, 2, 3], setup.pad_id, setup.token_types)
+        zeros = torch.zeros(*batch["input_ids"].shape, job.teacher.config.hidden_size)
+        losses.append(_hidden_loss(job.teacher, batch, (zeros, zeros), [0], job._to_teacher).item())
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+
+
 def test_bad_distillation_options(lora_run, tiny_bert, tmp_path):
     with pytest.raises(EdgeclinError, match="not both"):
         distill(lora_run.output, tmp_path / "x", layers=1, student=str(tiny_bert))
+    with pytest.raises(EdgeclinError, match="not of --student"):
+        distill(lora_run.output, tmp_path / "x", student=str(tiny_bert), trim_vocab=True)
     with pytest.raises(EdgeclinError, match="--alpha"):
         distill(lora_run.output, tmp_path / "x", alpha=2.0)
     with pytest.raises(EdgeclinError, match="fewer layers than the teacher"):
