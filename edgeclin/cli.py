@@ -485,9 +485,9 @@ def bench_command(sources, baseline, data, batch_sizes, seq_lens, threads, warmu
               help="pretrained (default), or random: the architectures with random weights, offline: for the time, "
               "memory and size columns only.")
 @click.option("--search", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Optuna trials per model and method on the validation metric: learning rate (method default "
-              "x0.1..x10, log scale) and, for LoRA, rank 4/8/16 and alpha 8/16/32. Needs: pip install "
-              "'edgeclin[sweep]'.")
+              help="Optuna trials per model and method on the validation metric: learning rate (train's default "
+              "for the method, task and model size x0.1..x10, log scale) and, for LoRA, rank 4/8/16 and alpha "
+              "8/16/32. Needs: pip install 'edgeclin[sweep]'.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Default: train's (auto).")
 @click.option("--precision", type=click.Choice(PRECISIONS), help="Default: train's (auto).")
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False),

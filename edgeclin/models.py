@@ -230,6 +230,20 @@ def count_parameters(model) -> tuple[int, int]:
     return sum(p.numel() for p in model.parameters() if p.requires_grad), total
 
 
+def encoder_size(path: str) -> int | None:
+    """A model folder's parameter count from its config alone (no weights read; None: no readable config):
+    for the defaults that depend on size before the model is loaded."""
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModel
+
+    try:
+        config = AutoConfig.from_pretrained(path, trust_remote_code=False)
+    except (OSError, ValueError):
+        return None
+    with init_empty_weights():  # on the meta device: sizes without memory
+        return count_parameters(AutoModel.from_config(config))[1]
+
+
 def load_tokenizer(path: str):
     from transformers import AutoTokenizer
 

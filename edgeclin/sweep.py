@@ -40,7 +40,8 @@ DEFAULT_METHODS = ("full", "lora", "ia3", "prefix", "prompt", "ptuning")
 CELL_FIELDS = ("model", "method", "seed", "output", "overwrite", "progress", "data")
 SETTINGS = "sweep_settings.json"  # what a rerun into the same folder must agree with
 CELLS = "sweep_cells.json"  # every cell any invocation asked for: the report covers the whole folder
-# --search: learning rate log-uniform in [default x 0.1, default x 10]; LoRA also rank and alpha
+# --search: learning rate log-uniform in [default x 0.1, default x 10] (train's default for the model's size);
+# LoRA also rank and alpha
 LR_FACTORS = (0.1, 10.0)
 LORA_RANKS = (4, 8, 16)
 LORA_ALPHAS = (8, 16, 32)
@@ -389,6 +390,14 @@ def _valid_score(metrics: dict) -> float:
     return float(best["valid"][metric])
 
 
+def _default_lr(cell: Cell, data: str | None, options: dict) -> float:
+    """The rate train fills for the cell: its method's default for the task and for the model's size."""
+    from edgeclin.models import encoder_size, resolve_model
+
+    size = encoder_size(resolve_model(cell.model, init=options.get("init") or "pretrained").path)
+    return defaults_for(cell.method, _task_name(data, options)).values(size)["lr"]
+
+
 def _task_name(data: str | None, options: dict) -> str:
     """The task of the sweep's data (its training file's header), for the task's default learning rate."""
     from edgeclin.data import detect_task, find_split_files
@@ -417,7 +426,7 @@ def _search(out: Path, first: Cell, data, options: dict, trials: int, progress: 
     key = f"{first.short}-{first.method}"
     folder = out / "search" / key
     folder.mkdir(parents=True, exist_ok=True)
-    base_lr = options.get("lr") or defaults_for(first.method, _task_name(data, options)).lr
+    base_lr = options.get("lr") or _default_lr(first, data, options)
     distributions = {"lr": FloatDistribution(base_lr * LR_FACTORS[0], base_lr * LR_FACTORS[1], log=True)}
     if first.method == "lora":
         distributions["lora_r"] = CategoricalDistribution(LORA_RANKS)

@@ -272,3 +272,20 @@ def test_cli_sweep(tiny_bert, demo_folder, tmp_path):
     result = runner.invoke(main, ["sweep", "--models", "x", "--methods", "nope", "-o", str(tmp_path / "t")])
     assert result.exit_code == 2 and "edgeclin: error: unknown method 'nope'" in result.output
     assert "Rerun to resume" in " ".join(runner.invoke(main, ["sweep", "--help"]).output.split())
+
+
+def test_the_search_centres_on_the_rate_train_would_fill(tiny_bert, demo_folder, tmp_path):
+    """A 110M model's full fine-tune is searched around its base-size rate, not the small models' one."""
+    from transformers import BertConfig
+
+    from edgeclin.defaults import BASE_SIZE, defaults_for
+    from edgeclin.models import encoder_size
+    from edgeclin.sweep import Cell, _default_lr
+
+    base = tmp_path / "bert-base-shaped"
+    BertConfig().save_pretrained(base)  # BERT-base's shape; no weights are read
+    assert encoder_size(str(base)) > BASE_SIZE > encoder_size(str(tiny_bert))
+    full, lora = defaults_for("full"), defaults_for("lora")
+    assert _default_lr(Cell(str(base), "base", "full", 0), str(demo_folder), {}) == full.base_size_lr
+    assert _default_lr(Cell(str(tiny_bert), "tiny", "full", 0), str(demo_folder), {}) == full.lr != full.base_size_lr
+    assert _default_lr(Cell(str(base), "base", "lora", 0), str(demo_folder), {}) == lora.lr
