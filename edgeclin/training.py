@@ -127,6 +127,10 @@ class Job:
         return {}
 
 
+# A prompt encoder's own weights, in snapshots only: peft's adapter file holds what the encoder
+# outputs (P-tuning's MLP already applied), which is right for inference but not for a model that
+# goes on running the encoder (the test of the best epoch, a resumed run).
+PROMPT_ENCODER = "prompt_encoder.safetensors"
 JOB_MODULES = {"distill": "edgeclin.distill"}  # kind -> the module that defines (and registers) its Job
 JOBS: dict[str, type[Job]] = {"train": Job}
 
@@ -584,9 +588,20 @@ def _say_epoch(trainer: Trainer, epoch: int, losses: dict, metrics: dict, degene
 
 
 def _save_model_folder(folder: Path, model, tokenizer, labels: LabelsFile) -> None:
+    from safetensors.torch import save_file
+
     model.save_pretrained(folder, safe_serialization=True)
+    if _prompt_encoder(model) is not None:
+        save_file({k: v.contiguous() for k, v in _prompt_encoder(model).state_dict().items()},
+                  str(folder / PROMPT_ENCODER))
     tokenizer.save_pretrained(folder)
     labels.write(folder)
+
+
+def _prompt_encoder(model):
+    """A prompt-learning peft model's encoders (an adapter name -> module dict); None for other models."""
+    config = getattr(model, "active_peft_config", None)
+    return model.prompt_encoder if config is not None and config.is_prompt_learning else None
 
 
 def _load_trainable_state(model, folder: Path) -> None:
@@ -601,6 +616,8 @@ def _load_trainable_state(model, folder: Path) -> None:
         except KeyError as exc:  # saved by an edgeclin that trained other layers (e.g. the pooler by LoRA)
             raise EdgeclinError(f"{folder}: the saved adapter lacks {exc}: it was saved by an edgeclin that "
                                 "trained other layers; start the run again with --overwrite") from None
+        if _prompt_encoder(model) is not None and (folder / PROMPT_ENCODER).is_file():
+            _prompt_encoder(model).load_state_dict(load_file(str(folder / PROMPT_ENCODER)), strict=True)
     else:
         _, unexpected = model.load_state_dict(load_file(str(folder / "model.safetensors")), strict=False)
         if unexpected:
@@ -730,7 +747,8 @@ def _test_best(trainer: Trainer, partial: PartialRun, state: LoopState) -> tuple
 
 def _publish(trainer: Trainer, partial: PartialRun, out: OutputFolder, record: RunRecord, metrics: dict) -> None:
     for item in (partial.snapshot / "best").iterdir():
-        shutil.move(str(item), partial.path / item.name)
+        if item.name != PROMPT_ENCODER:  # for snapshots only: the published adapter is peft's own
+            shutil.move(str(item), partial.path / item.name)
     shutil.rmtree(partial.snapshot)
     record.write(partial.path)
     write_json(partial.path / METRICS, metrics)

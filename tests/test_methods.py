@@ -152,3 +152,28 @@ def test_a_head_resized_to_other_labels_counts_as_new_weights(tiny_bert):
 
     loaded = load_classifier_with_info(str(tiny_bert), ["a", "b", "c"])
     assert {"classifier.weight", "classifier.bias"} <= set(loaded.new_weights)
+
+
+@pytest.mark.parametrize("method", ["ptuning", "prompt"])
+def test_a_snapshot_restores_the_prompt_encoder_it_trained(method, tmp_path):
+    """peft's adapter file holds P-tuning's encoder *output*; loaded into a model that still runs the
+    encoder (the test of the best epoch, a resumed run), that output went through the MLP twice."""
+    from edgeclin.artifacts import LabelsFile
+    from edgeclin.training import PROMPT_ENCODER, _load_trainable_state, _save_model_folder
+
+    def peft_model():
+        torch.manual_seed(0)  # the same base and the same untrained prompt encoder each time
+        return get_method(method).prepare(tiny_model("bert"), TrainConfig(method=method, num_virtual_tokens=4))
+
+    trained, restored = peft_model(), peft_model()
+    with torch.no_grad():  # what training changes: the prompt encoder and the head
+        for parameter in trained.parameters():
+            if parameter.requires_grad:
+                parameter.add_(torch.randn_like(parameter))
+    tokenizer = type("NoTokenizer", (), {"save_pretrained": lambda self, folder: None})()
+    _save_model_folder(tmp_path, trained, tokenizer, LabelsFile(["a", "b", "c"]))
+    assert (tmp_path / PROMPT_ENCODER).is_file()
+    _load_trainable_state(restored, tmp_path)
+    ids = torch.randint(5, 100, (2, 7))
+    trained.eval(), restored.eval()
+    torch.testing.assert_close(restored(input_ids=ids).logits, trained(input_ids=ids).logits)

@@ -13,7 +13,7 @@ from edgeclin.errors import EdgeclinError
 from edgeclin.metrics import entity_metrics, multilabel_metrics, tune_threshold
 from edgeclin.schema import InputFormat
 from edgeclin.tasks import MULTI_LABEL, TOKEN, bio_spans, get_task, word_tags
-from edgeclin.training import TrainConfig, train
+from edgeclin.training import PROMPT_ENCODER, TrainConfig, train
 
 
 def write_jsonl(path, rows):
@@ -252,6 +252,7 @@ def test_every_method_trains_each_task(request, tiny_bert, tmp_path, method, tas
     assert run.metrics["parameters"]["trainable"] > 0
     if method in ("prefix", "prompt", "ptuning"):  # virtual tokens must not shift the NER outputs
         assert run.metrics["test"][run.metrics["selection_metric"]] is not None
+    assert not (run.output / PROMPT_ENCODER).exists()  # a snapshot's file, not the published adapter's
 
 
 @pytest.mark.parametrize("method", ["prompt", "ptuning", "prefix"])
