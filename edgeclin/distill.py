@@ -156,6 +156,7 @@ class DistillJob(Job):
         self.teacher_info: dict = {}
         self.teacher = None  # kept for the hidden-state loss only
         self.vocabulary: Vocabulary | None = None  # a trimmed student's pieces, as the teacher's ids
+        self._unlabelled: list | None = None  # read once: the vocabulary, its check and training all use them
 
     @classmethod
     def from_description(cls, described: dict) -> DistillJob:
@@ -232,8 +233,10 @@ class DistillJob(Job):
         return {**self.vocabulary.describe(), "test_rows": len(test.examples), "test_rows_read_otherwise": changed}
 
     def _unlabelled_examples(self, task, config: TrainConfig) -> list:
-        return task.read_split(Path(self.options.unlabelled), "unlabelled", task.without_labels(config.columns),
-                               config.skip_bad_rows).examples
+        if self._unlabelled is None:
+            self._unlabelled = task.read_split(Path(self.options.unlabelled), "unlabelled",
+                                               task.without_labels(config.columns), config.skip_bad_rows).examples
+        return self._unlabelled
 
     def _add_unlabelled(self, setup: Setup) -> None:
         """Append the unlabelled notes to the training split (the gold loss skips them)."""

@@ -591,9 +591,9 @@ def _save_model_folder(folder: Path, model, tokenizer, labels: LabelsFile) -> No
     from safetensors.torch import save_file
 
     model.save_pretrained(folder, safe_serialization=True)
-    if _prompt_encoder(model) is not None:
-        save_file({k: v.contiguous() for k, v in _prompt_encoder(model).state_dict().items()},
-                  str(folder / PROMPT_ENCODER))
+    encoder = _prompt_encoder(model)
+    if encoder is not None:
+        save_file({k: v.contiguous() for k, v in encoder.state_dict().items()}, str(folder / PROMPT_ENCODER))
     tokenizer.save_pretrained(folder)
     labels.write(folder)
 
@@ -616,8 +616,9 @@ def _load_trainable_state(model, folder: Path) -> None:
         except KeyError as exc:  # saved by an edgeclin that trained other layers (e.g. the pooler by LoRA)
             raise EdgeclinError(f"{folder}: the saved adapter lacks {exc}: it was saved by an edgeclin that "
                                 "trained other layers; start the run again with --overwrite") from None
-        if _prompt_encoder(model) is not None and (folder / PROMPT_ENCODER).is_file():
-            _prompt_encoder(model).load_state_dict(load_file(str(folder / PROMPT_ENCODER)), strict=True)
+        encoder = _prompt_encoder(model)
+        if encoder is not None and (folder / PROMPT_ENCODER).is_file():
+            encoder.load_state_dict(load_file(str(folder / PROMPT_ENCODER)), strict=True)
     else:
         _, unexpected = model.load_state_dict(load_file(str(folder / "model.safetensors")), strict=False)
         if unexpected:
