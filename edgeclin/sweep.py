@@ -673,7 +673,8 @@ def report_markdown(summary: dict) -> str:
              f"methods: {', '.join(config['methods'])}; seeds: {', '.join(map(str, config['seeds']))}; "
              f"options: {options}" + (f"; learning-rate search: {config['search']} trials per model and method"
                                       if config["search"] else "") + ".",
-             f"Machine: {env['cpu']} ({env['cores']} cores), GPU: {env['gpu'] or 'none'}; commit "
+             f"Machine: {env['cpu']}, ISA flags {', '.join(env.get('isa') or []) or 'none recorded'} "
+             f"({env['cores']} cores), GPU: {env['gpu'] or 'none'}; commit "
              f"{env['git_commit']}; " + ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v) + ".", ""]
     if any(e.get("init") == "random" for t in summary["tasks"].values() for e in t["rows"]):
         lines += ["**Random weights (--init random): the metric columns mean nothing. Use this table for "

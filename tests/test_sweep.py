@@ -57,6 +57,9 @@ def test_grid_writes_runs_and_report(grid, tiny_bert):
     assert all(r["metric"] == "macro_f1" and r["gap_to_full_points"] != "" for r in table)
     markdown = (out / "sweep.md").read_text()
     assert "| model | params | method | trainable" in markdown and "Δ full" in markdown and "±" in markdown
+    from edgeclin.hardware import environment
+
+    assert f"ISA flags {', '.join(environment()['isa']) or 'none recorded'} (" in markdown  # every table names them
     for plot in ("metric_vs_trainable_params.png", "metric_vs_model_size.png"):
         assert (out / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
